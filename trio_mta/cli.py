@@ -1,0 +1,102 @@
+"""The ``trio-mta`` command: ``run`` the daemon, ``check`` a configuration."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import attrs
+import trio
+
+from . import __version__, app
+from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
+from .server import BoundListener
+
+
+def _config_dir(value: str | None) -> Path | None:
+    if value is not None:
+        return Path(value)
+    # Out of the box: ./conf if it is there, the embedded defaults otherwise.
+    default = Path("conf")
+    return default if (default / "trio-mta.toml").is_file() else None
+
+
+def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    if args.var_dir:
+        config = attrs.evolve(
+            config, server=attrs.evolve(config.server, var_dir=Path(args.var_dir))
+        )
+    if args.listen:
+        listeners = []
+        for i, text in enumerate(args.listen):
+            host, port = parse_listen(text)
+            listeners.append(ListenerConfig(name=f"mx{i}" if i else "mx", host=host, port=port))
+        config = attrs.evolve(config, listeners=tuple(listeners))
+    return config
+
+
+def _print_ready(bound: list[BoundListener]) -> None:
+    # One machine-readable line on stdout, so scripts and tests know the actual ports.
+    addrs = " ".join(f"{b.name}={b.host}:{b.port}" for b in bound)
+    print(f"trio-mta ready {addrs}", flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _apply_overrides(load_config(_config_dir(args.config)), args)
+    except ConfigError as exc:
+        print(f"trio-mta: invalid configuration:\n{exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"trio-mta: {exc}", file=sys.stderr)
+        return 2
+    app.setup_logging(config)
+    try:
+        trio.run(lambda: app.run(config, on_ready=_print_ready))
+    except OSError as exc:
+        print(f"trio-mta: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config_dir = _config_dir(args.config)
+    try:
+        load_config(config_dir)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    where = config_dir if config_dir is not None else "embedded defaults"
+    print(f"configuration OK ({where})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-mta", description="A plugin-oriented MTA on Trio.")
+    parser.add_argument("--version", action="version", version=f"trio-mta {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", metavar="DIR", help="configuration directory (default: ./conf)")
+    run.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        action="append",
+        help="listen here instead of the configured listeners (repeatable; port 0 = any)",
+    )
+    run.add_argument("--var-dir", metavar="DIR", help="state directory (default: ./var)")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate the configuration and report every error")
+    check.add_argument("--config", metavar="DIR", help="configuration directory (default: ./conf)")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,532 @@
+"""Sans-I/O SMTP, server side: bytes in, events out; replies in, bytes out.
+
+Theory of operation
+-------------------
+``receive_data`` appends to one buffer; ``next_event`` parses *one* event from its front, or says
+``NEED_DATA``. A command event owes exactly one reply, given with ``send``, and ``next_event``
+refuses to parse further until it is given: the reply decides the state (a MAIL answered 250
+opens the transaction, one answered 550 doesn't), so the parser must never run ahead of the
+replies. Pipelined commands (RFC 2920) simply wait in the buffer.
+
+Invariants:
+* Only ``<CRLF>.<CRLF>`` ends DATA (RFC 5321 §4.1.1.4). A bare CR or LF never ends it; by
+  default it makes the whole message refused once the real end arrives (SMTP smuggling
+  defence), or it is normalised to CRLF if the policy says so.
+* The data buffer is always cut at a CRLF, so the unread part starts at a line start and a
+  terminator is always found whole, whatever the packet boundaries were.
+* An over-long command line is swallowed up to its LF and answered 500 5.5.2; the session stays
+  in sync. AUTH lines get the larger RFC 4954 limit.
+* A BDAT chunk (RFC 3030) is always read to its announced end, even when refused, so the
+  stream stays in sync.
+* After STARTTLS is answered 220, any bytes already buffered are plaintext the client must not
+  have sent; ``start_tls`` hands them back to be logged and dropped, never parsed
+  (CVE-2011-0411 family).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from . import _replies as R
+from ._address import AddressError, parse_mail_params, parse_path, parse_rcpt_params
+from ._events import (
+    NEED_DATA,
+    Auth,
+    AuthResponse,
+    BdatCommand,
+    ConnectionClosed,
+    DataChunk,
+    DataCommand,
+    EndOfChunk,
+    EndOfData,
+    Event,
+    Expn,
+    Helo,
+    Help,
+    MailFrom,
+    NeedData,
+    Noop,
+    Quit,
+    RcptTo,
+    Rejected,
+    Rset,
+    StartTLS,
+    Unrecognized,
+    Vrfy,
+)
+from ._replies import Reply
+from ._state import IN_TRANSACTION, BareLineEndingPolicy, ProtocolLimits, State
+
+
+class LocalProtocolError(Exception):
+    """The driver used the API out of order (a bug in our code, not the client's)."""
+
+
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+_TERMINATOR = b"\r\n.\r\n"
+
+
+class ServerConnection:
+    """The server role of one SMTP connection. Not thread-safe; one driver task owns it."""
+
+    def __init__(self, limits: ProtocolLimits | None = None, *, tls: bool = False) -> None:
+        self.limits = limits or ProtocolLimits()
+        self.state = State.CONNECTED
+        self.tls = tls
+        self.authenticated = False
+        self.helo: str | None = None
+        self.extended = False
+        self.smtputf8 = False
+        self.recipient_count = 0
+        self._buf = bytearray()
+        self._eof = False
+        self._owed: Event | None = None
+        self._skipping_line = False
+        # DATA / BDAT reading
+        self._data_size = 0
+        self._data_problem: Reply | None = None
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._chunk_valid = False
+        # A BDAT chunk (even of size 0) owes its end event until it has been emitted.
+        self._chunk_pending = False
+        self._data_end_pending = False
+        self._commands: dict[str, Callable[[str, str], Event | None]] = {
+            "HELO": self._helo,
+            "EHLO": self._helo,
+            "MAIL": self._mail,
+            "RCPT": self._rcpt,
+            "DATA": self._data,
+            "BDAT": self._bdat,
+            "RSET": self._simple(Rset()),
+            "NOOP": self._noop,
+            "QUIT": self._simple(Quit()),
+            "VRFY": self._vrfy,
+            "EXPN": self._expn,
+            "HELP": self._help,
+            "STARTTLS": self._starttls,
+            "AUTH": self._auth,
+        }
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` means the client closed its side."""
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def owes_reply(self) -> bool:
+        return self._owed is not None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.state in IN_TRANSACTION
+
+    def next_event(self) -> Event | NeedData:
+        """Parse the next event, or return ``NEED_DATA``.
+
+        Raises:
+            LocalProtocolError: a reply for the previous command event was not sent yet.
+        """
+        if self._owed is not None:
+            raise LocalProtocolError(f"a reply is owed for {self._owed!r}")
+        if self.state is State.CLOSED:
+            return ConnectionClosed()
+        if self.state is State.TLS_PENDING:
+            raise LocalProtocolError("start_tls() must be called after the 220 reply")
+        ev: Event | NeedData | None
+        if self._chunk_pending or self.state is State.DATA:
+            ev = self._read_message()
+        else:
+            ev = self._read_command()
+            if ev is None:  # an out-of-sequence BDAT: its chunk is read and dropped
+                ev = self._read_message()
+        if ev is NEED_DATA:
+            if self._eof:
+                self.state = State.CLOSED
+                return ConnectionClosed()
+            return NEED_DATA
+        if not isinstance(ev, DataChunk | BdatCommand | ConnectionClosed):
+            self._owed = ev
+        return ev
+
+    # -- output --------------------------------------------------------------------------------
+
+    def send(self, reply: Reply) -> bytes:
+        """Render ``reply`` and apply its effect on the state. Without an owed command (the
+        greeting, or a 421 when the server ends the session) it just renders."""
+        ev = self._owed
+        self._owed = None
+        if reply.code == 421:
+            self.state = State.CLOSED
+        elif ev is not None:
+            self._after_reply(ev, reply)
+        return reply.to_bytes()
+
+    def start_tls(self) -> bytes:
+        """Enter TLS after the 220 reply. Returns the plaintext the client pipelined behind
+        STARTTLS (to be logged and discarded); every earlier SMTP state is forgotten."""
+        if self.state is not State.TLS_PENDING:
+            raise LocalProtocolError("start_tls() without an accepted STARTTLS")
+        injected = bytes(self._buf)
+        self._buf.clear()
+        self.tls = True
+        self._reset_session()
+        return injected
+
+    # -- transitions (Rule 1: all of them live here) ---------------------------------------------
+
+    def _after_reply(self, ev: Event, reply: Reply) -> None:
+        ok = reply.code < 400
+        if isinstance(ev, Helo):
+            if reply.code == 250:
+                self._clear_transaction()
+                self.helo = ev.name
+                self.extended = ev.extended
+                self.state = State.READY
+        elif isinstance(ev, MailFrom):
+            if ok:
+                self.state = State.MAIL
+                self.smtputf8 = ev.params.smtputf8
+        elif isinstance(ev, RcptTo):
+            if ok:
+                self.state = State.RCPT
+                self.recipient_count += 1
+        elif isinstance(ev, DataCommand):
+            if reply.code == 354:
+                self.state = State.DATA
+                self._data_size = 0
+                self._data_problem = None
+        elif isinstance(ev, EndOfData):
+            if self._chunk_valid or self.state is State.DATA:
+                self._clear_transaction()
+            self._chunk_valid = False
+        elif isinstance(ev, EndOfChunk):
+            if self._chunk_valid and not ok:
+                self._clear_transaction()
+            elif self._chunk_valid:
+                self.state = State.BDAT
+            self._chunk_valid = False
+        elif isinstance(ev, Rset):
+            if ok:
+                self._clear_transaction()
+        elif isinstance(ev, Quit):
+            self.state = State.CLOSED
+        elif isinstance(ev, StartTLS):
+            if reply.code == 220:
+                self.state = State.TLS_PENDING
+        elif isinstance(ev, Auth | AuthResponse):
+            if reply.code == 334:
+                self.state = State.AUTH
+            else:
+                if reply.code == 235:
+                    self.authenticated = True
+                if self.state is State.AUTH:
+                    self.state = State.READY
+
+    def _clear_transaction(self) -> None:
+        self.state = State.READY if self.helo is not None else State.CONNECTED
+        self.smtputf8 = False
+        self.recipient_count = 0
+        self._data_size = 0
+        self._data_problem = None
+
+    def _reset_session(self) -> None:
+        self.helo = None
+        self.extended = False
+        self.authenticated = False
+        self._clear_transaction()
+
+    # -- command lines --------------------------------------------------------------------------
+
+    def _read_command(self) -> Event | NeedData | None:
+        buf = self._buf
+        nl = buf.find(b"\n")
+        if self._skipping_line:
+            if nl < 0:
+                del buf[:-1]  # keep nothing of the over-long line but a possible CR
+                return NEED_DATA
+            del buf[: nl + 1]
+            self._skipping_line = False
+            return Rejected("", R.LINE_TOO_LONG)
+        limit = self._line_limit()
+        if nl < 0:
+            if len(buf) > limit:
+                self._skipping_line = True
+                del buf[:-1]
+            return NEED_DATA
+        if nl + 1 > limit:
+            del buf[: nl + 1]
+            return Rejected("", R.LINE_TOO_LONG)
+        end = nl - 1 if nl and buf[nl - 1] == 0x0D else nl
+        raw = bytes(buf[:end])
+        del buf[: nl + 1]
+        if b"\r" in raw or b"\x00" in raw:
+            return Rejected("", R.reply(500, "5.5.2", "Syntax error: bare CR or NUL in command"))
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejected("", R.BAD_ENCODING)
+        if self.state is State.AUTH:
+            return AuthResponse(line.strip())
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        handler = self._commands.get(verb)
+        if handler is None:
+            return Unrecognized(verb, line)
+        return handler(verb, arg)
+
+    def _line_limit(self) -> int:
+        if self.state is State.AUTH or self._buf[:5].upper() == b"AUTH ":
+            return max(self.limits.auth_line, self.limits.command_line)
+        return self.limits.command_line
+
+    def _sequence_error(self, verb: str) -> Rejected | None:
+        """The 503 for a command that needs a greeting or may not interrupt BDAT."""
+        if self.state is State.CONNECTED:
+            return Rejected(verb, R.NEED_HELO)
+        if self.state is State.BDAT:
+            return Rejected(verb, R.BDAT_EXPECTED)
+        return None
+
+    @staticmethod
+    def _simple(ev: Event) -> Callable[[str, str], Event]:
+        def parse(verb: str, arg: str) -> Event:
+            if arg.strip():
+                return Rejected(verb, R.SYNTAX_NO_ARGS)
+            return ev
+
+        return parse
+
+    def _helo(self, verb: str, arg: str) -> Event:
+        name = arg.strip()
+        if not name or " " in name:
+            return Rejected(verb, R.SYNTAX_HELO)
+        return Helo(name, verb == "EHLO")
+
+    def _mail(self, verb: str, arg: str) -> Event:
+        err = self._sequence_error(verb)
+        if err is not None:
+            return err
+        if self.state is not State.READY:
+            return Rejected(verb, R.NESTED_MAIL)
+        if arg[:5].upper() != "FROM:":
+            return Rejected(verb, R.SYNTAX_MAIL)
+        text = arg[5:].lstrip(" ")
+        try:
+            # SMTPUTF8 must be known before the path is judged, so peek at the parameters.
+            utf8 = " SMTPUTF8" in text.upper()
+            sender, rest = parse_path(text, utf8=utf8, allow_null=True, allow_postmaster=False)
+            params = parse_mail_params(rest.rstrip(" "))
+        except AddressError as exc:
+            reply = exc.reply
+            if reply is R.BAD_ADDRESS:
+                reply = R.BAD_SENDER
+            return Rejected(verb, reply)
+        if params.size is not None and params.size > self.limits.max_message_size:
+            return Rejected(verb, R.MESSAGE_TOO_BIG)
+        return MailFrom(sender, params)
+
+    def _rcpt(self, verb: str, arg: str) -> Event:
+        err = self._sequence_error(verb)
+        if err is not None:
+            return err
+        if self.state not in (State.MAIL, State.RCPT):
+            return Rejected(verb, R.NEED_MAIL)
+        if arg[:3].upper() != "TO:":
+            return Rejected(verb, R.SYNTAX_RCPT)
+        if self.recipient_count >= self.limits.max_recipients:
+            return Rejected(verb, R.TOO_MANY_RECIPIENTS)
+        text = arg[3:].lstrip(" ")
+        try:
+            rcpt, rest = parse_path(
+                text, utf8=self.smtputf8, allow_null=False, allow_postmaster=True
+            )
+            assert rcpt is not None
+            params = parse_rcpt_params(rest.rstrip(" "))
+        except AddressError as exc:
+            return Rejected(verb, exc.reply)
+        return RcptTo(rcpt, params)
+
+    def _data(self, verb: str, arg: str) -> Event:
+        if arg.strip():
+            return Rejected(verb, R.SYNTAX_NO_ARGS)
+        if self.state is State.BDAT:
+            return Rejected(verb, R.DATA_AFTER_BDAT)
+        err = self._sequence_error(verb)
+        if err is not None:
+            return err
+        if self.state is State.READY:
+            return Rejected(verb, R.NEED_MAIL)
+        if self.state is not State.RCPT:
+            return Rejected(verb, R.NEED_RCPT)
+        return DataCommand()
+
+    def _bdat(self, verb: str, arg: str) -> Event | None:
+        words = arg.split()
+        if not 1 <= len(words) <= 2 or not words[0].isdigit() or len(words[0]) > 15:
+            return Rejected(verb, R.SYNTAX_BDAT)
+        if len(words) == 2 and words[1].upper() != "LAST":
+            return Rejected(verb, R.SYNTAX_BDAT)
+        size = int(words[0])
+        last = len(words) == 2
+        self._chunk_left = size
+        self._chunk_last = last
+        self._chunk_valid = self.state in (State.RCPT, State.BDAT)
+        self._chunk_pending = True
+        if self._chunk_valid:
+            if self.state is State.RCPT:
+                self._data_size = 0
+                self._data_problem = None
+            self.state = State.BDAT
+            return BdatCommand(size, last)
+        # Out of sequence: the chunk is still read (and dropped) so the stream stays in sync.
+        if self.state is State.CONNECTED:
+            self._data_problem = R.NEED_HELO
+        elif self.state in (State.READY, State.MAIL):
+            self._data_problem = R.NEED_RCPT if self.state is State.MAIL else R.NEED_MAIL
+        else:
+            self._data_problem = R.BAD_SEQUENCE
+        return None
+
+    def _noop(self, verb: str, arg: str) -> Event:
+        return Noop()
+
+    def _vrfy(self, verb: str, arg: str) -> Event:
+        if not arg.strip():
+            return Rejected(verb, R.reply(501, "5.5.4", "Syntax: VRFY address"))
+        return Vrfy(arg.strip())
+
+    def _expn(self, verb: str, arg: str) -> Event:
+        if not arg.strip():
+            return Rejected(verb, R.reply(501, "5.5.4", "Syntax: EXPN list"))
+        return Expn(arg.strip())
+
+    def _help(self, verb: str, arg: str) -> Event:
+        return Help(arg.strip())
+
+    def _starttls(self, verb: str, arg: str) -> Event:
+        if arg.strip():
+            return Rejected(verb, R.SYNTAX_NO_ARGS)
+        if self.tls:
+            return Rejected(verb, R.ALREADY_TLS)
+        if self.state in IN_TRANSACTION:
+            return Rejected(verb, R.BAD_SEQUENCE)
+        return StartTLS()
+
+    def _auth(self, verb: str, arg: str) -> Event:
+        words = arg.split()
+        if not 1 <= len(words) <= 2:
+            return Rejected(
+                verb, R.reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+            )
+        if self.state is State.CONNECTED:
+            return Rejected(verb, R.NEED_HELO)
+        if self.authenticated:
+            return Rejected(verb, R.ALREADY_AUTH)
+        if self.state in IN_TRANSACTION:
+            return Rejected(verb, R.AUTH_IN_TRANSACTION)
+        return Auth(words[0].upper(), words[1] if len(words) == 2 else None)
+
+    # -- message content (DATA and BDAT) --------------------------------------------------------
+
+    def _read_message(self) -> Event | NeedData:
+        if self.state is State.DATA:
+            return self._read_data()
+        return self._read_chunk()
+
+    def _read_chunk(self) -> Event | NeedData:
+        buf = self._buf
+        if self._chunk_left:
+            if not buf:
+                return NEED_DATA
+            take = min(self._chunk_left, len(buf))
+            piece = bytes(buf[:take])
+            del buf[:take]
+            self._chunk_left -= take
+            if self._chunk_valid:
+                accepted = self._accept_content(piece)
+                if accepted:
+                    return DataChunk(accepted)
+            if self._chunk_left:
+                return NEED_DATA
+        self._chunk_pending = False
+        problem = self._data_problem
+        if not self._chunk_valid:
+            self._data_problem = None
+        if self._chunk_last:
+            return EndOfData(self._data_size, problem)
+        return EndOfChunk(self._data_size, problem)
+
+    def _accept_content(self, piece: bytes) -> bytes:
+        """Count ``piece`` against the size limit; return what should reach the driver."""
+        self._data_size += len(piece)
+        if self._data_problem is not None:
+            return b""
+        if self._data_size > self.limits.max_message_size:
+            self._data_problem = R.MESSAGE_TOO_BIG
+            return b""
+        return piece
+
+    def _read_data(self) -> Event | NeedData:
+        buf = self._buf
+        if self._data_end_pending:
+            self._data_end_pending = False
+            return EndOfData(self._data_size, self._data_problem)
+        if buf.startswith(b".\r\n"):
+            end = 0
+        else:
+            found = buf.find(_TERMINATOR)
+            end = found + 2 if found >= 0 else -1
+        if end >= 0:
+            portion = bytes(buf[:end])
+            del buf[: end + 3]
+            chunk = self._clean(portion) if portion else b""
+            if chunk:
+                self._data_end_pending = True  # the end event comes at the next call
+                return DataChunk(chunk)
+            return EndOfData(self._data_size, self._data_problem)
+        cut = buf.rfind(b"\r\n")
+        if cut < 0:
+            if len(buf) > self.limits.text_line:
+                self._note_problem(R.TEXT_LINE_TOO_LONG)
+                del buf[:-1]
+            return NEED_DATA
+        portion = bytes(buf[: cut + 2])
+        del buf[: cut + 2]
+        if len(buf) > self.limits.text_line:
+            self._note_problem(R.TEXT_LINE_TOO_LONG)
+            del buf[:-1]
+        chunk = self._clean(portion)
+        return DataChunk(chunk) if chunk else self._read_data()
+
+    def _note_problem(self, reply: Reply) -> None:
+        if self._data_problem is None:
+            self._data_problem = reply
+
+    def _clean(self, portion: bytes) -> bytes:
+        """Check and dot-unstuff whole lines (``portion`` ends with CRLF, starts a line)."""
+        limit = self.limits.text_line - 2
+        if len(portion) > limit and max(map(len, portion.split(b"\r\n"))) > limit:
+            self._note_problem(R.TEXT_LINE_TOO_LONG)
+        crlf = portion.count(b"\r\n")
+        if portion.count(b"\n") != crlf or portion.count(b"\r") != crlf:
+            if self.limits.bare_line_endings is BareLineEndingPolicy.REJECT:
+                self._note_problem(R.BARE_LINE_ENDING)
+                return b""
+            normalise = True
+        else:
+            normalise = False
+        if b"\r\n." in portion or portion.startswith(b"."):
+            portion = (b"\r\n" + portion).replace(b"\r\n.", b"\r\n")[2:]
+        if normalise:
+            portion = _ANY_LINE_END.sub(b"\r\n", portion)
+        return self._accept_content(portion)

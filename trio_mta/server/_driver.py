@@ -1,0 +1,410 @@
+"""The Trio driver of one inbound SMTP connection.
+
+Theory of operation
+-------------------
+The driver pumps bytes between a ``Transport`` and the sans-I/O ``ServerConnection`` and asks its
+``SessionHandler`` what to answer. It holds no SMTP rules of its own beyond deadlines and limits.
+
+Deadlines: the whole connection runs inside one cancel scope whose deadline is re-armed before
+every read, to the earliest of the phase deadline (banner, command, data block), the DATA-total
+deadline while a message is being read, and the session cap. One scope re-armed is cheaper than a
+scope per read, and the phase recorded when arming names the one that fired: the client gets
+``421 4.4.2`` naming it, then the connection is closed.
+
+Pipelining (RFC 2920): replies accumulate in one buffer and are written only when the parser
+needs more input, so a pipelined group is answered with one write.
+
+Shutdown: the server sets ``closing``; an idle connection (no transaction) is woken and told
+``421 4.3.2``; one inside a transaction finishes it first. If the drain deadline passes, the
+nursery is cancelled and each connection still says 421 on its way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import trio
+
+from ..config import Config
+from ..protocol import (
+    NEED_DATA,
+    Auth,
+    AuthResponse,
+    BdatCommand,
+    ConnectionClosed,
+    DataChunk,
+    DataCommand,
+    EndOfChunk,
+    EndOfData,
+    Event,
+    Expn,
+    Helo,
+    Help,
+    MailFrom,
+    Noop,
+    Quit,
+    RcptTo,
+    Rejected,
+    Reply,
+    Rset,
+    ServerConnection,
+    StartTLS,
+    State,
+    Unrecognized,
+    Vrfy,
+    reply,
+)
+from ..protocol import replies as R
+from ._handler import SessionHandler
+from ._received import received_header
+from ._session import IdGenerator, Session, Transaction
+from ._transport import Transport
+
+log = logging.getLogger("trio_mta.smtp")
+txlog = logging.getLogger("trio_mta.transaction")
+
+FINAL_WRITE = 2.0  # seconds allowed for a last 421 to a client that may not be reading
+NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
+
+
+class Phase:
+    BANNER = "banner"
+    COMMAND = "command"
+    DATA = "data"
+    DATA_TOTAL = "data total"
+    SESSION = "session"
+
+
+class ConnectionDriver:
+    def __init__(
+        self,
+        transport: Transport,
+        session: Session,
+        config: Config,
+        handler: SessionHandler,
+        ids: IdGenerator,
+        conn: ServerConnection,
+        *,
+        is_closing: trio.Event,
+    ) -> None:
+        self.transport = transport
+        self.session = session
+        self.config = config
+        self.handler = handler
+        self.ids = ids
+        self.conn = conn
+        self.closing = is_closing
+        self.scope = trio.CancelScope()
+        self.idle = False
+        self.phase = Phase.BANNER
+        self.out: list[bytes] = []
+        self.errors = 0
+        self.close_reason = "quit"
+        t = config.timeouts
+        self._t_command = t.command
+        self._t_block = t.data_block
+        self._session_deadline = trio.current_time() + t.session
+        self._data_deadline = math.inf
+        self._banner_deadline = trio.current_time() + t.banner
+        self._chunks: list[bytes] = []
+        self._seen_command = False
+        # A refusal of the first BDAT chunk is answered at the chunk's end (RFC 3030 §3).
+        self._bdat_refusal: Reply | None = None
+
+    # -- deadlines ------------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        now = trio.current_time()
+        conn = self.conn
+        if conn.state is State.DATA or conn.state is State.BDAT:
+            phase, deadline = Phase.DATA, now + self._t_block
+            if self._data_deadline < deadline:
+                phase, deadline = Phase.DATA_TOTAL, self._data_deadline
+        elif self._seen_command:
+            phase, deadline = Phase.COMMAND, now + self._t_command
+        else:
+            phase, deadline = Phase.BANNER, self._banner_deadline
+        if self._session_deadline < deadline:
+            phase, deadline = Phase.SESSION, self._session_deadline
+        self.phase = phase
+        self.scope.deadline = deadline
+
+    def wake_for_shutdown(self) -> None:
+        """Called by the server on shutdown: an idle connection stops waiting at once."""
+        if self.idle:
+            self.scope.cancel()
+
+    # -- main loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            with self.scope:
+                self.scope.deadline = self._banner_deadline
+                await self._serve()
+            if self.scope.cancelled_caught:
+                if self.closing.is_set() and self.idle:
+                    self.close_reason = "shutdown"
+                    await self._final(R.reply(421, "4.3.2", self._text("Service shutting down")))
+                else:
+                    self.close_reason = f"timeout ({self.phase})"
+                    log.info(
+                        "conn=%s ip=%s timeout phase=%s",
+                        self.session.id,
+                        self.session.client_ip,
+                        self.phase,
+                    )
+                    await self._final(
+                        R.reply(421, "4.4.2", self._text(f"Timeout ({self.phase}), closing"))
+                    )
+        except trio.Cancelled:
+            self.close_reason = "shutdown"
+            with trio.CancelScope(shield=True):
+                await self._final(R.reply(421, "4.3.2", self._text("Service shutting down")))
+            raise
+        finally:
+            if self.session.transaction is not None:
+                self._log_transaction("aborted", self.close_reason)
+            with trio.move_on_after(FINAL_WRITE, shield=True):
+                await self.handler.disconnect(self.session)
+
+    def _text(self, text: str) -> str:
+        return f"{self.config.server.hostname} {text}"
+
+    async def _final(self, last: Reply) -> None:
+        self.out.append(self.conn.send(last))
+        with trio.move_on_after(FINAL_WRITE):
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+            self.out.clear()
+            try:
+                await self.transport.send_all(data)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.conn.receive_data(b"")
+                self.close_reason = "send failed"
+
+    async def _greet(self) -> bool:
+        delay = self.config.timeouts.greeting_delay
+        early = self.transport.has_pending_input()
+        if not early and delay > 0:
+            with trio.move_on_after(delay):
+                await self.transport.wait_input()
+                early = True
+        if early:
+            self.close_reason = "early talker"
+            log.info("conn=%s ip=%s early talker", self.session.id, self.session.client_ip)
+            self.out.append(
+                self.conn.send(R.reply(554, "5.5.0", self._text("Protocol error: talked first")))
+            )
+            await self._flush()
+            return False
+        refused = await self.handler.connect(self.session)
+        if refused is not None:
+            self.close_reason = f"refused {refused.code}"
+            self.out.append(self.conn.send(refused))
+            await self._flush()
+            return False
+        banner = f"{self.config.server.hostname} {self.config.server.banner}"
+        self.out.append(self.conn.send(R.reply(220, None, banner)))
+        return True
+
+    async def _serve(self) -> None:
+        if not await self._greet():
+            return
+        conn = self.conn
+        max_errors = self.config.limits.max_unrecognized_commands
+        while True:
+            ev = conn.next_event()
+            if ev is NEED_DATA:
+                await self._flush()
+                if self.closing.is_set() and not conn.in_transaction:
+                    self.close_reason = "shutdown"
+                    await self._final(R.reply(421, "4.3.2", self._text("Service shutting down")))
+                    return
+                self._arm()
+                self.idle = not conn.in_transaction
+                data = await self.transport.receive()
+                self.idle = False
+                conn.receive_data(data)
+                continue
+            if isinstance(ev, DataChunk):
+                self._chunks.append(ev.data)
+                continue
+            if isinstance(ev, ConnectionClosed):
+                if self.close_reason == "quit":
+                    self.close_reason = "client closed"
+                await self._flush()
+                return
+            if isinstance(ev, BdatCommand):
+                if self._data_deadline == math.inf:
+                    refusal = await self._start_data()
+                    if refusal is not None:
+                        self._bdat_refusal = refusal
+                continue
+            self._seen_command = True
+            answer = await self._dispatch(ev)
+            if isinstance(ev, Rejected | Unrecognized):
+                self.errors += 1
+                if self.errors > max_errors:
+                    self.close_reason = "too many errors"
+                    self.out.append(conn.send(answer))
+                    await self._final(R.reply(421, "4.7.0", self._text("Too many errors")))
+                    return
+            self.out.append(conn.send(answer))
+            if isinstance(ev, Quit) or answer.code == 421:
+                self.close_reason = "quit" if isinstance(ev, Quit) else f"closed by {answer}"
+                await self._flush()
+                return
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    async def _dispatch(self, ev: Event) -> Reply:
+        session = self.session
+        handler = self.handler
+        if isinstance(ev, MailFrom):
+            return await self._mail(ev)
+        if isinstance(ev, RcptTo):
+            answer = await handler.rcpt(session, ev)
+            if answer.code < 400 and session.transaction is not None:
+                session.transaction.recipients.append((ev.recipient, ev.params))
+            return answer
+        if isinstance(ev, DataCommand):
+            refusal = await self._start_data()
+            return refusal if refusal is not None else R.START_DATA
+        if isinstance(ev, EndOfData):
+            return await self._end_of_data(ev)
+        if isinstance(ev, EndOfChunk):
+            refusal = self._bdat_refusal or ev.problem
+            if refusal is not None:
+                await self._end_transaction("refused", refusal)
+                self._bdat_refusal = None
+                return refusal
+            return reply(250, "2.0.0", f"{ev.size} octets received")
+        if isinstance(ev, Helo):
+            return await self._helo(ev)
+        if isinstance(ev, Rset):
+            await self._end_transaction("reset", None)
+            return R.RESET_OK
+        if isinstance(ev, Noop):
+            return R.NOOP_OK
+        if isinstance(ev, Quit):
+            return R.reply(221, "2.0.0", self._text("closing connection"))
+        if isinstance(ev, Rejected):
+            return ev.reply
+        if isinstance(ev, Unrecognized):
+            return R.UNRECOGNIZED
+        if isinstance(ev, Vrfy):
+            return R.VRFY_CANNOT
+        if isinstance(ev, Expn):
+            return R.EXPN_DISABLED
+        if isinstance(ev, Help):
+            return R.HELP
+        if isinstance(ev, StartTLS | Auth | AuthResponse):
+            return NOT_IMPLEMENTED
+        raise AssertionError(f"unhandled event {ev!r}")
+
+    def _ehlo_lines(self) -> list[str]:
+        limits = self.config.limits
+        lines = [
+            "PIPELINING",
+            f"SIZE {limits.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        ]
+        lines.extend(self.handler.capabilities(self.session))
+        return lines
+
+    async def _helo(self, ev: Helo) -> Reply:
+        session = self.session
+        if session.transaction is not None:
+            await self._end_transaction("reset", None)
+        answer = await self.handler.helo(session, ev)
+        if answer is not None and answer.code >= 400:
+            return answer
+        session.helo = ev.name
+        session.extended = ev.extended
+        greeting = f"{self.config.server.hostname} Hello {ev.name} [{session.client_ip}]"
+        if ev.extended:
+            return Reply(250, None, (greeting, *self._ehlo_lines()))
+        return Reply(250, None, (greeting,))
+
+    async def _mail(self, ev: MailFrom) -> Reply:
+        session = self.session
+        session.transaction = Transaction(
+            id=self.ids(), sender=ev.sender, mail_params=ev.params, started=time.monotonic()
+        )
+        answer = await self.handler.mail(session, ev)
+        if answer.code >= 400:
+            self._log_transaction("refused", str(answer))
+            session.transaction = None
+        return answer
+
+    async def _start_data(self) -> Reply | None:
+        self._data_deadline = trio.current_time() + self.config.timeouts.data_total
+        self._chunks.clear()
+        answer = await self.handler.data(self.session)
+        if answer.code != 354:
+            return answer
+        return None
+
+    async def _end_of_data(self, ev: EndOfData) -> Reply:
+        txn = self.session.transaction
+        refusal = self._bdat_refusal or ev.problem
+        self._bdat_refusal = None
+        if txn is None:
+            # A BDAT LAST out of sequence: the protocol layer already decided.
+            assert refusal is not None
+            return refusal
+        if refusal is not None:
+            self._chunks.clear()
+            await self._end_transaction("refused", refusal)
+            return refusal
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        header = b""
+        if self.config.server.received_header:
+            header = received_header(self.session, self.config.server.hostname, now=time.time())
+        try:
+            answer = await self.handler.message(self.session, header + body)
+        except Exception:
+            log.exception("conn=%s delivery failed", self.session.id)
+            answer = R.reply(451, "4.3.0", "Temporary failure storing the message")
+        txn.notes["size"] = len(body)
+        await self._end_transaction("accepted" if answer.code < 300 else "refused", answer)
+        return answer
+
+    async def _end_transaction(self, outcome: str, answer: Reply | None) -> None:
+        self._data_deadline = math.inf
+        session = self.session
+        if session.transaction is None:
+            return
+        self._log_transaction(outcome, str(answer) if answer else "")
+        session.transaction = None
+        session.transactions += 1
+        await self.handler.reset(session)
+
+    def _log_transaction(self, outcome: str, detail: str) -> None:
+        txn = self.session.transaction
+        if txn is None or not self.config.log.transaction_log:
+            return
+        s = self.session
+        txlog.info(
+            "txn=%s conn=%s ip=%s helo=%s from=<%s> rcpts=%s size=%s outcome=%s reply=%r"
+            " duration_ms=%.1f",
+            txn.id,
+            s.id,
+            s.client_ip,
+            s.helo,
+            txn.sender or "",
+            ",".join(f"<{a}>" for a, _ in txn.recipients),
+            txn.notes.get("size", 0),
+            outcome,
+            detail,
+            (time.monotonic() - txn.started) * 1000,
+        )

@@ -1,0 +1,46 @@
+"""What the driver asks of the policy and delivery side, one method per SMTP step.
+
+The driver holds no policy: it parses, enforces protocol limits and deadlines, and asks its
+handler what to answer. The plugin runner implements this interface; so does the plain local
+delivery handler used before plugins are configured and by the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..protocol import Helo, MailFrom, RcptTo, Reply
+from ._session import Session
+
+
+class SessionHandler(Protocol):
+    def capabilities(self, session: Session) -> list[str]:
+        """Extra EHLO keywords for this session (beyond the engine's own)."""
+        ...
+
+    async def connect(self, session: Session) -> Reply | None:
+        """None greets normally; a reply (554, 421) refuses the connection with it."""
+        ...
+
+    async def helo(self, session: Session, event: Helo) -> Reply | None:
+        """None accepts with the engine's own HELO/EHLO reply."""
+        ...
+
+    async def mail(self, session: Session, event: MailFrom) -> Reply: ...
+
+    async def rcpt(self, session: Session, event: RcptTo) -> Reply: ...
+
+    async def data(self, session: Session) -> Reply:
+        """354 to go on, anything else refuses the DATA command (or the first BDAT chunk)."""
+        ...
+
+    async def message(self, session: Session, message: bytes) -> Reply:
+        """The whole message (our Received header first). A 2xx reply is a promise: the
+        message must be durable before it is returned."""
+        ...
+
+    async def reset(self, session: Session) -> None:
+        """The transaction ended (RSET, HELO, end of data or a refused message)."""
+        ...
+
+    async def disconnect(self, session: Session) -> None: ...
