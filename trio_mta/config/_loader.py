@@ -25,7 +25,8 @@ from ._schema import Config, ListenerConfig, listener_conflicts, parse_listen
 
 CONFIG_FILE_NAME = "trio-mta.toml"
 
-_SECTIONS = ("server", "timeouts", "limits", "data", "delivery", "log")
+_SECTIONS = ("server", "timeouts", "limits", "data", "delivery", "log", "plugins")
+PLUGIN_CONFIG_DIR = "plugins"
 _LISTENER = "listener"
 
 _A = typing.TypeVar("_A", bound=attrs.AttrsInstance)
@@ -115,9 +116,23 @@ def _config_from_document(
             changes["listeners"] = _load_listeners(value, issues)
         else:
             issues.add(key, "unknown section" + _suggest(key, (*_SECTIONS, _LISTENER)))
+    changes["plugin_configs"] = _load_plugin_configs(config_dir / PLUGIN_CONFIG_DIR, issues)
     if issues.found:
         raise ConfigError(issues.found)
     return _evolve(defaults, {**changes, "config_dir": config_dir})
+
+
+def _load_plugin_configs(directory: Path, issues: _Issues) -> dict[str, dict[str, object]]:
+    """Every ``<name>.toml`` in the plugin config directory, parsed but not interpreted."""
+    found: dict[str, dict[str, object]] = {}
+    if not directory.is_dir():
+        return found
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            found[path.stem] = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            issues.found.append(ConfigIssue(str(path), "", str(exc)))
+    return found
 
 
 def _load_listeners(raw: object, issues: _Issues) -> tuple[ListenerConfig, ...]:

@@ -271,6 +271,30 @@ class LogConfig:
     transaction_log: bool = True
 
 
+def _check_plugin_names(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
+    bad = [name for name in value if not name.isidentifier()]
+    if bad:
+        raise ValueError(f"not valid plugin names: {', '.join(map(repr, bad))}")
+    if len(set(value)) != len(value):
+        raise ValueError("a plugin is listed more than once")
+
+
+@attrs.frozen
+class PluginsConfig:
+    # Haraka's config/plugins, as a TOML list: the order plugins run in on every hook.
+    order: tuple[str, ...] = attrs.field(
+        default=("rcpt_to_host_list", "queue_maildir"), validator=_check_plugin_names
+    )
+    timeout: float = attrs.field(default=30.0, validator=_seconds())
+    # Searched before the built-in plugins; relative paths are relative to the config dir.
+    directories: tuple[Path, ...] = ()
+    sandbox_workers: int = attrs.field(default=2, validator=_between(1, 64))
+    sandbox_memory_mb: int = attrs.field(default=1024, validator=_at_least(32))
+    sandbox_cpu_seconds: int = attrs.field(default=60, validator=_at_least(1))
+    watchdog_ms: float = attrs.field(default=50.0, validator=_seconds())
+    cleanup_timeout: float = attrs.field(default=5.0, validator=_seconds())
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (ListenerConfig(name="mx", host="127.0.0.1", port=2525),)
 
@@ -288,5 +312,8 @@ class Config:
     data: DataConfig = DataConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     log: LogConfig = LogConfig()
+    plugins: PluginsConfig = PluginsConfig()
+    # conf/plugins/<name>.toml, one table per plugin, as read (each plugin validates its own).
+    plugin_configs: dict[str, dict[str, object]] = attrs.field(factory=dict, hash=False)
     # Where the tree was loaded from, so reload and relative plugin paths know where to look.
     config_dir: Path | None = None

@@ -1,0 +1,39 @@
+"""The plugin API (what plugin authors import) and the hook runner.
+
+Public for plugins: ``Plugin``, ``hook``, ``Action``, ``Result``, ``CONT``, ``OK`` and the
+result helpers, ``Connection``, ``Transaction``, ``Message``, ``PluginEnv``. The runner and
+the registry are for the server.
+"""
+
+from ._context import Connection as Connection
+from ._context import Message as Message
+from ._context import Transaction as Transaction
+from ._plugin import HookOptions as HookOptions
+from ._plugin import Plugin as Plugin
+from ._plugin import PluginEnv as PluginEnv
+from ._plugin import hook as hook
+from ._registry import HookEntry as HookEntry
+from ._registry import PluginLoadError as PluginLoadError
+from ._registry import PluginSet as PluginSet
+from ._registry import builtin_plugin_dir as builtin_plugin_dir
+from ._registry import load_plugins as load_plugins
+from ._result import CONT as CONT
+from ._result import ERROR_RESULT as ERROR_RESULT
+from ._result import OK as OK
+from ._result import TIMEOUT_RESULT as TIMEOUT_RESULT
+from ._result import Action as Action
+from ._result import Result as Result
+from ._result import deny as deny
+from ._result import denydisconnect as denydisconnect
+from ._result import denysoft as denysoft
+from ._result import denysoftdisconnect as denysoftdisconnect
+from ._result import disconnect as disconnect
+from ._result import ok as ok
+from ._runner import Denial as Denial
+from ._runner import HookCall as HookCall
+from ._runner import HookRunner as HookRunner
+from ._runner import Sandbox as Sandbox
+from ._runner import current_hook as current_hook
+from ._spec import HOOKS as HOOKS
+from ._spec import HookSpec as HookSpec
+from ._spec import reply_for as reply_for
