@@ -54,10 +54,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     app.setup_logging(config)
     try:
         trio.run(lambda: app.run(config, on_ready=_print_ready))
-    except OSError as exc:
-        print(f"trio-mta: {exc}", file=sys.stderr)
+    except (OSError, ExceptionGroup) as exc:
+        # A listener that cannot bind fails inside the app's nursery, so trio hands it over
+        # wrapped in (nested) exception groups.
+        error = _sole_os_error(exc)
+        if error is None:
+            raise
+        print(f"trio-mta: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _sole_os_error(exc: BaseException) -> OSError | None:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -289,7 +289,7 @@ class PluginsConfig:
     # Searched before the built-in plugins; relative paths are relative to the config dir.
     directories: tuple[Path, ...] = ()
     sandbox_workers: int = attrs.field(default=2, validator=_between(1, 64))
-    sandbox_memory_mb: int = attrs.field(default=1024, validator=_at_least(32))
+    sandbox_memory_mb: int = attrs.field(default=1024, validator=_at_least(64))
     sandbox_cpu_seconds: int = attrs.field(default=60, validator=_at_least(1))
     watchdog_ms: float = attrs.field(default=50.0, validator=_seconds())
     cleanup_timeout: float = attrs.field(default=5.0, validator=_seconds())

@@ -199,6 +199,9 @@ class Connection:
     tls_cipher: str | None = None
     auth_user: str | None = None
     relaying: bool = False
+    # Set when a plugin's verdict ends the session (…DISCONNECT): the driver closes after
+    # sending the reply.
+    close_requested: bool = False
     transaction: Transaction | None = None
     transactions: int = 0
     notes: dict[str, object] = attrs.Factory(dict)

@@ -115,9 +115,13 @@ def _action_result(value: object, where: str) -> Result:
     raise PluginLoadError(f"{where}: must be one of {', '.join(_ACTIONS)}")
 
 
-def _options_from_config(table: Mapping[str, object], where: str) -> HookOptions:
+def _options_from_config(
+    table: Mapping[str, object], where: str, *, strict: bool = True
+) -> HookOptions:
+    # A plugin's own table also holds the plugin's settings (``host_list``…); a
+    # ``[hooks.<name>]`` table holds only the runner's keys.
     unknown = set(table) - _PLUGIN_KEYS
-    if unknown:
+    if strict and unknown:
         raise PluginLoadError(f"{where}: unknown keys {sorted(unknown)}")
     timeout = table.get("timeout")
     if timeout is not None and (
@@ -171,7 +175,7 @@ def load_plugins(
         path = find_plugin(name, directories)
         cls = import_plugin_module(name, path, generation)
         config = dict(configs.get(name, {}))
-        plugin_opts = _options_from_config(config, f"plugin {name}")
+        plugin_opts = _options_from_config(config, f"plugin {name}", strict=False)
         hook_tables = config.get("hooks", {})
         if not isinstance(hook_tables, Mapping):
             raise PluginLoadError(f"plugin {name}.hooks: must be a table")

@@ -16,7 +16,9 @@ results. Synchronous hook functions run in a worker thread (abandoned on timeout
 cannot be cancelled); sandboxed ones go to the process pool, which kills the worker instead.
 
 The plugin and hook currently running are kept in a context variable so the loop watchdog can
-name whoever held the event loop.
+name whoever held the event loop. A hook that blocks and returns without a checkpoint finishes
+inside the very step it blocked, so the variable is already reset when the watchdog looks:
+``last_hook`` keeps (plugin, hook, finish time) of the task's last call for that case.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ log = logging.getLogger("trio_mta.plugins")
 
 current_hook: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "current_hook", default=None
+)
+last_hook: contextvars.ContextVar[tuple[str, str, float] | None] = contextvars.ContextVar(
+    "last_hook", default=None
 )
 
 
@@ -147,12 +152,14 @@ class HookRunner:
             result = entry.on_error
         finally:
             current_hook.reset(token)
+            finished = time.perf_counter()
+            last_hook.set((entry.plugin.name, entry.hook, finished))
         self.observe(
             HookCall(
                 entry.hook,
                 entry.plugin.name,
                 result.action,
-                time.perf_counter() - started,
+                finished - started,
                 timed_out,
                 error,
             )

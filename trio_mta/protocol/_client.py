@@ -33,7 +33,9 @@ class Capabilities:
 
     def size_limit(self) -> int | None:
         value = self.keywords.get("SIZE", "")
-        return int(value) if value.isdigit() and int(value) > 0 else None
+        if not (value.isascii() and value.isdigit()):  # "²".isdigit() is True
+            return None
+        return int(value) if int(value) > 0 else None
 
     def auth_mechanisms(self) -> tuple[str, ...]:
         return tuple(self.keywords.get("AUTH", "").upper().split())
@@ -50,7 +52,7 @@ def parse_ehlo(reply: Reply) -> Capabilities:
 
 def dot_stuff(message: bytes) -> bytes:
     """Message bytes → DATA payload including the terminating ``.CRLF``."""
-    if not message.endswith(b"\r\n"):
+    if message and not message.endswith(b"\r\n"):  # an empty message is just ".CRLF"
         message += b"\r\n"
     if message.startswith(b"."):
         message = b"." + message
@@ -97,6 +99,8 @@ class ClientConnection:
             raw = bytes(self._buf[:nl]).rstrip(b"\r")
             del self._buf[: nl + 1]
             line = raw.decode("utf-8", errors="replace")
+            if "\r" in line:  # a Reply can't hold it; it is no reply line anyway
+                raise ReplySyntaxError(f"bare CR in a reply line: {line[:80]!r}")
             if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
                 raise ReplySyntaxError(f"not an SMTP reply line: {line[:80]!r}")
             if self._lines and self._lines[0][:3] != line[:3]:

@@ -13,7 +13,10 @@ Invariants:
   default it makes the whole message refused once the real end arrives (SMTP smuggling
   defence), or it is normalised to CRLF if the policy says so.
 * The data buffer is always cut at a CRLF, so the unread part starts at a line start and a
-  terminator is always found whole, whatever the packet boundaries were.
+  terminator is always found whole, whatever the packet boundaries were. (The one exception,
+  the kept tail of an over-long line being dropped, is never a ".": see _drop_long_line.)
+* Events and replies don't depend on the packet boundaries: which of several message problems
+  is reported goes by rank, not by which was seen first.
 * An over-long command line is swallowed up to its LF and answered 500 5.5.2; the session stays
   in sync. AUTH lines get the larger RFC 4954 limit.
 * A BDAT chunk (RFC 3030) is always read to its announced end, even when refused, so the
@@ -65,6 +68,8 @@ class LocalProtocolError(Exception):
 
 _ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
 _TERMINATOR = b"\r\n.\r\n"
+# Message problems, most decisive first (see _note_problem).
+_PROBLEM_RANK = (R.TEXT_LINE_TOO_LONG, R.BARE_LINE_ENDING, R.MESSAGE_TOO_BIG)
 
 
 class ServerConnection:
@@ -326,6 +331,9 @@ class ServerConnection:
             utf8 = " SMTPUTF8" in text.upper()
             sender, rest = parse_path(text, utf8=utf8, allow_null=True, allow_postmaster=False)
             params = parse_mail_params(rest.rstrip(" "))
+            if utf8 and not params.smtputf8:
+                # The peek saw "SMTPUTF8" inside the path itself: judge the path as plain ASCII.
+                parse_path(text, utf8=False, allow_null=True, allow_postmaster=False)
         except AddressError as exc:
             reply = exc.reply
             if reply is R.BAD_ADDRESS:
@@ -372,7 +380,9 @@ class ServerConnection:
 
     def _bdat(self, verb: str, arg: str) -> Event | None:
         words = arg.split()
-        if not 1 <= len(words) <= 2 or not words[0].isdigit() or len(words[0]) > 15:
+        if not 1 <= len(words) <= 2 or len(words[0]) > 15:
+            return Rejected(verb, R.SYNTAX_BDAT)
+        if not (words[0].isascii() and words[0].isdigit()):  # "²".isdigit() is True
             return Rejected(verb, R.SYNTAX_BDAT)
         if len(words) == 2 and words[1].upper() != "LAST":
             return Rejected(verb, R.SYNTAX_BDAT)
@@ -497,19 +507,28 @@ class ServerConnection:
         cut = buf.rfind(b"\r\n")
         if cut < 0:
             if len(buf) > self.limits.text_line:
-                self._note_problem(R.TEXT_LINE_TOO_LONG)
-                del buf[:-1]
+                self._drop_long_line()
             return NEED_DATA
         portion = bytes(buf[: cut + 2])
         del buf[: cut + 2]
         if len(buf) > self.limits.text_line:
-            self._note_problem(R.TEXT_LINE_TOO_LONG)
-            del buf[:-1]
+            self._drop_long_line()
         chunk = self._clean(portion)
         return DataChunk(chunk) if chunk else self._read_data()
 
+    def _drop_long_line(self) -> None:
+        """Refuse the message and forget the buffered part of an over-long line. A final CR is
+        kept (it may begin the line's CRLF); anything else becomes one filler octet, so that
+        the next bytes are still read as mid-line: a kept "." would look like a line start,
+        and ".\r\n" after it would end DATA."""
+        self._note_problem(R.TEXT_LINE_TOO_LONG)
+        self._buf[:] = b"\r" if self._buf.endswith(b"\r") else b"-"
+
     def _note_problem(self, reply: Reply) -> None:
-        if self._data_problem is None:
+        # By rank, not by arrival: which problem is seen first depends on where the packets
+        # were cut (an over-long line is dropped unread; bare line endings stop the counting).
+        current = self._data_problem
+        if current is None or _PROBLEM_RANK.index(reply) < _PROBLEM_RANK.index(current):
             self._data_problem = reply
 
     def _clean(self, portion: bytes) -> bytes:

@@ -247,7 +247,9 @@ class ConnectionDriver:
                 continue
             self._seen_command = True
             answer = await self._dispatch(ev)
-            if isinstance(ev, Rejected | Unrecognized):
+            # A transient refusal (452 for recipients past the limit) is flow control the
+            # client is told to retry later, not a bad command (Postfix's recipient overshoot).
+            if isinstance(ev, Unrecognized) or (isinstance(ev, Rejected) and answer.code >= 500):
                 self.errors += 1
                 if self.errors > max_errors:
                     self.close_reason = "too many errors"
@@ -350,6 +352,9 @@ class ConnectionDriver:
         self._chunks.clear()
         answer = await self.handler.data(self.session)
         if answer.code != 354:
+            # Not started: a later BDAT must ask the handler again, not find the data phase
+            # already open (it would bypass this refusal).
+            self._data_deadline = math.inf
             return answer
         return None
 

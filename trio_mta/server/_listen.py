@@ -77,6 +77,11 @@ def bind_listener(listener: ListenerConfig) -> stdlib_socket.socket:
         sock.bind((host, listener.port))
         sock.listen(4096)
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        # The bare errno text would not say which of the listeners failed.
+        why = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"listener {listener.name!r} on {listener.listen}: {why}") from exc
     except BaseException:
         sock.close()
         raise

@@ -1,0 +1,1 @@
+"""Shared test helpers: an SMTP line client over any trio stream, Maildir inspection."""

@@ -1,0 +1,136 @@
+"""The ``SessionHandler`` that runs plugin hooks: SMTP steps in, hook chains, replies out.
+
+One instance per connection, bound to the plugin generation that was current when the
+connection arrived (a SIGHUP reload never changes the plugins under a live session).
+
+Decisions follow Haraka where it is sound: a recipient nobody said OK to is refused unless the
+client may relay; a message nobody queued gets 451; a ``data_headers_end`` denial is remembered
+and answered when the data ends (SMTP has no way to answer in the middle of DATA).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..hooks import Action, Connection, HookRunner, Message, Result, reply_for
+from ..protocol import Helo, MailFrom, RcptTo, Reply, Unrecognized, reply
+from ..protocol import replies as R
+
+RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
+NOT_QUEUED = reply(451, "4.3.0", "Queueing declined or disabled, try again later")
+
+
+class HookHandler:
+    def __init__(self, runner: HookRunner, *, spill_dir: Path | None = None) -> None:
+        self.runner = runner
+        self.spill_dir = spill_dir
+        self._headers_pending = runner.has("data_headers_end")
+        self._early_verdict: Reply | None = None
+
+    def _verdict(self, conn: Connection, hook: str, result: Result) -> Reply:
+        if result.action.disconnects:
+            conn.close_requested = True
+        return reply_for(hook, result)
+
+    async def capabilities(self, conn: Connection) -> list[str]:
+        caps: list[str] = []
+        if self.runner.has("capabilities"):
+            await self.runner.run_all("capabilities", conn, caps)
+        return caps
+
+    async def connect(self, conn: Connection) -> Reply | None:
+        await self.runner.run_all("connect_init", conn)
+        result, _ = await self.runner.run("connect", conn)
+        if result.action.is_denial:
+            conn.close_requested = True
+            return reply_for("connect", result)
+        return None
+
+    async def helo(self, conn: Connection, event: Helo) -> Reply | None:
+        hook = "ehlo" if event.extended else "helo"
+        result, _ = await self.runner.run(hook, conn, event.name)
+        if result.action.is_denial:
+            return self._verdict(conn, hook, result)
+        return None
+
+    async def mail(self, conn: Connection, event: MailFrom) -> Reply:
+        result, _ = await self.runner.run("mail", conn, event.sender, event.params)
+        if result.action.is_denial:
+            return self._verdict(conn, "mail", result)
+        if result.action is Action.OK and result.message:
+            return reply_for("mail", result)
+        return R.SENDER_OK
+
+    async def rcpt(self, conn: Connection, event: RcptTo) -> Reply:
+        result, _ = await self.runner.run("rcpt", conn, event.recipient, event.params)
+        if result.action.is_denial:
+            return self._verdict(conn, "rcpt", result)
+        if result.action is Action.CONT and not conn.relaying:
+            return RELAY_DENIED
+        ok, _ = await self.runner.run("rcpt_ok", conn, event.recipient)
+        if ok.action.is_denial:
+            return self._verdict(conn, "rcpt_ok", ok)
+        if result.action is Action.OK and result.message:
+            return reply_for("rcpt", result)
+        return R.RECIPIENT_OK
+
+    async def data(self, conn: Connection) -> Reply:
+        result, _ = await self.runner.run("data", conn)
+        if result.action.is_denial:
+            return self._verdict(conn, "data", result)
+        txn = conn.transaction
+        assert txn is not None
+        txn.message = Message(spill_dir=self.spill_dir)
+        self._early_verdict = None
+        self._headers_pending = self.runner.has("data_headers_end")
+        return R.START_DATA
+
+    async def data_chunk(self, conn: Connection, data: bytes) -> None:
+        txn = conn.transaction
+        assert txn is not None and txn.message is not None
+        message = txn.message
+        message.write(data)
+        if self._headers_pending and message.headers_complete:
+            self._headers_pending = False
+            result, _ = await self.runner.run("data_headers_end", conn)
+            if result.action.is_denial:
+                self._early_verdict = self._verdict(conn, "data_headers_end", result)
+
+    async def message(self, conn: Connection) -> Reply:
+        txn = conn.transaction
+        assert txn is not None and txn.message is not None
+        if self._early_verdict is not None:
+            return self._early_verdict
+        if self._headers_pending:
+            # The message ended inside its header section: the hook still gets its say.
+            self._headers_pending = False
+            result, _ = await self.runner.run("data_headers_end", conn)
+            if result.action.is_denial:
+                return self._verdict(conn, "data_headers_end", result)
+        result, _ = await self.runner.run("data_post", conn)
+        if result.action.is_denial:
+            return self._verdict(conn, "data_post", result)
+        hook = "queue_outbound" if conn.relaying else "queue"
+        result, _ = await self.runner.run(hook, conn)
+        if result.action.is_denial:
+            return self._verdict(conn, hook, result)
+        if result.action is not Action.OK:
+            return NOT_QUEUED
+        answer = reply_for(hook, result, f"Message queued as {txn.id}")
+        await self.runner.run_all("queue_ok", conn, answer)
+        return answer
+
+    async def unrecognized(self, conn: Connection, event: Unrecognized) -> Reply:
+        result, _ = await self.runner.run("unrecognized_command", conn, event.verb, event.line)
+        if result.action is Action.CONT:
+            return R.UNRECOGNIZED
+        return self._verdict(conn, "unrecognized_command", result)
+
+    async def reset(self, conn: Connection) -> None:
+        txn = conn.transaction
+        await self.runner.run_all("reset_transaction", conn)
+        if txn is not None and txn.message is not None:
+            txn.message.close()
+
+    async def disconnect(self, conn: Connection) -> None:
+        await self.runner.run_all("disconnect", conn)
