@@ -15,26 +15,40 @@ from pathlib import Path
 
 import trio
 
-from .config import Config, ConfigError, DeliveryMode, load_config
-from .server import (
-    BoundListener,
-    LocalDeliveryHandler,
-    MaildirStore,
-    SessionHandler,
-    SMTPServer,
-)
+from .config import Config, ConfigError, load_config
+from .hooks import PluginEnv, PluginLoadError, PluginSet, ProcessSandbox, load_plugins, watch_loop
+from .server import BoundListener, PluginHost, SMTPServer
 
 log = logging.getLogger("trio_mta")
 
 
-def make_handler_factory(config: Config) -> Callable[[], SessionHandler]:
-    store = None
-    if config.delivery.mode is DeliveryMode.MAILDIR:
-        store = MaildirStore(
-            config.server.var_dir / "maildir", config.server.hostname, fsync=config.delivery.fsync
-        )
-    handler = LocalDeliveryHandler(config.server.local_domains, store)
-    return lambda: handler
+def plugin_env(config: Config) -> PluginEnv:
+    return PluginEnv(
+        hostname=config.server.hostname,
+        var_dir=config.server.var_dir,
+        local_domains=config.server.local_domains,
+        config_dir=config.config_dir,
+    )
+
+
+def load_plugin_set(config: Config) -> PluginSet:
+    """The plugins ``config`` names, loaded and configured (not started).
+
+    Raises:
+        PluginLoadError: naming the plugin that is missing, broken or misconfigured.
+    """
+    base = config.config_dir or Path.cwd()
+    return load_plugins(
+        config.plugins.order,
+        directories=[base / d for d in config.plugins.directories],
+        configs=config.plugin_configs,
+        default_timeout=config.plugins.timeout,
+        env=plugin_env(config),
+    )
+
+
+def _needs_sandbox(plugins: PluginSet) -> bool:
+    return any(e.sandbox for entries in plugins.table.values() for e in entries)
 
 
 def setup_logging(config: Config) -> None:
@@ -52,11 +66,29 @@ async def run(
     on_ready: Callable[[list[BoundListener]], None] | None = None,
     task_status: trio.TaskStatus[list[BoundListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until SIGTERM/SIGINT, then drain and return."""
+    """Run the daemon until SIGTERM/SIGINT, then drain and return.
+
+    Raises:
+        PluginLoadError: a configured plugin cannot be loaded (nothing is listening yet).
+    """
     config.server.var_dir.mkdir(parents=True, exist_ok=True)
-    server = SMTPServer(config, make_handler_factory(config))
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    spill_dir = config.server.var_dir / "tmp"
+    spill_dir.mkdir(exist_ok=True)
+    plugins = load_plugin_set(config)
+    with (
+        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
+        watch_loop(config.plugins.watchdog_ms / 1000),
+    ):
         async with trio.open_nursery() as services:
+            sandbox = None
+            if _needs_sandbox(plugins):
+                sandbox = ProcessSandbox.from_config(config.plugins)
+                await services.start(sandbox.serve)
+            host = PluginHost(plugins, sandbox=sandbox, spill_dir=spill_dir)
+            # Plugins finish their async start-up before the first client is accepted.
+            await plugins.startup()
+            await services.start(host.serve)
+            server = SMTPServer(config, host.handler)
             bound: list[BoundListener] = await services.start(server.serve)
             for b in bound:
                 log.info("listening name=%s address=%s:%d", b.name, b.host, b.port)
@@ -65,20 +97,28 @@ async def run(
             task_status.started(bound)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    _reload(config.config_dir)
+                    await _reload(config.config_dir, host)
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)
                 server.request_shutdown()
                 break
+            await server.stopped.wait()
+            services.cancel_scope.cancel()
     log.info("stopped")
 
 
-def _reload(config_dir: Path | None) -> None:
-    # The engine has nothing reloadable yet beyond validation; plugins and TLS certificates
-    # hook in here. An invalid file never replaces the running configuration.
+async def _reload(config_dir: Path | None, host: PluginHost) -> None:
+    """Re-read the configuration and re-import the plugins. Listener, limit and timeout
+    changes need a restart; the plugin set and plugin settings change at once. A broken new
+    configuration or plugin is reported and the running set stays."""
     try:
-        load_config(config_dir)
-    except ConfigError as exc:
-        log.error("reload refused, keeping the running configuration:\n%s", exc)
+        new_config = load_config(config_dir)
+        plugins = load_plugin_set(new_config)
+    except (ConfigError, PluginLoadError) as exc:
+        log.error("reload refused, keeping the running configuration and plugins:\n%s", exc)
         return
-    log.info("reload: configuration re-read and valid")
+    if _needs_sandbox(plugins) and host.sandbox is None:
+        log.error("reload refused: a sandboxed plugin needs a restart to start the sandbox")
+        return
+    await host.replace(plugins)
+    log.info("reload: plugin generation %d in service", plugins.generation)

@@ -11,6 +11,7 @@ import trio
 
 from . import __version__, app
 from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
+from .hooks import PluginLoadError
 from .server import BoundListener
 
 
@@ -54,6 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     app.setup_logging(config)
     try:
         trio.run(lambda: app.run(config, on_ready=_print_ready))
+    except PluginLoadError as exc:
+        print(f"trio-mta: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ExceptionGroup) as exc:
         # A listener that cannot bind fails inside the app's nursery, so trio hands it over
         # wrapped in (nested) exception groups.
@@ -74,9 +78,14 @@ def _sole_os_error(exc: BaseException) -> OSError | None:
 def cmd_check(args: argparse.Namespace) -> int:
     config_dir = _config_dir(args.config)
     try:
-        load_config(config_dir)
+        config = load_config(config_dir)
+        # Loading the plugins also runs each plugin's own validation of its settings.
+        app.load_plugin_set(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except PluginLoadError as exc:
+        print(f"{config_dir or 'embedded defaults'}: plugins: {exc}", file=sys.stderr)
         return 1
     where = config_dir if config_dir is not None else "embedded defaults"
     print(f"configuration OK ({where})")

@@ -7,7 +7,6 @@ import trio_mta.config
 from trio_mta.config import (
     BareLineEndings,
     Config,
-    DeliveryMode,
     Limits,
     ListenerConfig,
     ListenerKind,
@@ -26,8 +25,6 @@ def test_public_surface_is_curated() -> None:
         "ConfigError",
         "ConfigIssue",
         "DataConfig",
-        "DeliveryConfig",
-        "DeliveryMode",
         "Limits",
         "ListenerConfig",
         "ListenerKind",
@@ -52,7 +49,7 @@ def test_no_config_dir_gives_embedded_defaults() -> None:
     assert config.limits.max_message_size == 35 * 1024 * 1024
     assert config.timeouts.command == 300.0
     assert config.data.bare_line_endings is BareLineEndings.REJECT
-    assert config.delivery.mode is DeliveryMode.MAILDIR
+    assert config.plugins.order == ("rcpt_to_host_list", "queue_maildir")
     assert config.log.level == "INFO"
 
 

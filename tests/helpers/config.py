@@ -29,5 +29,5 @@ def make_config(
         timeouts=attrs.evolve(base.timeouts, **(timeouts or {})),
         limits=attrs.evolve(base.limits, **(limits or {})),
         data=DataConfig(bare_line_endings=bare_line_endings),
-        delivery=attrs.evolve(base.delivery, fsync=fsync),
+        plugin_configs={"queue_maildir": {"fsync": fsync}},
     )

@@ -13,13 +13,14 @@ import attrs
 import trio
 import trio.testing
 
+from trio_mta.app import load_plugin_set
 from trio_mta.config import Config
+from trio_mta.hooks import HookRunner
 from trio_mta.protocol import Reply, ServerConnection
 from trio_mta.server import (
     ConnectionDriver,
+    HookHandler,
     IdGenerator,
-    LocalDeliveryHandler,
-    MaildirStore,
     Session,
     StreamTransport,
     protocol_limits,
@@ -49,7 +50,7 @@ class RecordingStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
-class PausedClockDelivery(LocalDeliveryHandler):
+class PausedClockDelivery(HookHandler):
     """The real Maildir delivery (in a worker thread), with the MockClock's autojump paused
     while the thread works.
 
@@ -58,15 +59,15 @@ class PausedClockDelivery(LocalDeliveryHandler):
     see a timeout that no client caused.
     """
 
-    def __init__(self, store: MaildirStore, clock: trio.testing.MockClock) -> None:
-        super().__init__(("localhost", "example.test"), store)
+    def __init__(self, config: Config, clock: trio.testing.MockClock) -> None:
+        super().__init__(HookRunner(load_plugin_set(config)))
         self.clock = clock
 
-    async def message(self, session: Session, message: bytes) -> Reply:
+    async def message(self, session: Session) -> Reply:
         saved = self.clock.autojump_threshold
         self.clock.autojump_threshold = math.inf
         try:
-            return await super().message(session, message)
+            return await super().message(session)
         finally:
             self.clock.autojump_threshold = saved
 
@@ -105,7 +106,6 @@ async def start_driver(
     server_end, client_end = trio.testing.memory_stream_pair()
     recording = RecordingStream(server_end)
     transport = StreamTransport(recording)
-    store = MaildirStore(config.server.var_dir / "maildir", config.server.hostname, fsync=False)
     closing = trio.Event()
     session = Session(
         id="conn1",
@@ -120,7 +120,7 @@ async def start_driver(
         transport,
         session,
         config,
-        handler_class(store, clock),
+        handler_class(config, clock),
         IdGenerator(),
         ServerConnection(protocol_limits(config)),
         is_closing=closing,

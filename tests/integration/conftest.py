@@ -11,9 +11,9 @@ import trio
 
 from tests.helpers.config import make_config
 from tests.helpers.smtp import LineClient
-from trio_mta.app import make_handler_factory
+from trio_mta.app import load_plugin_set
 from trio_mta.config import Config
-from trio_mta.server import BoundListener, SessionHandler, SMTPServer
+from trio_mta.server import BoundListener, PluginHost, SessionHandler, SMTPServer
 
 
 @attrs.define
@@ -56,7 +56,8 @@ async def start_mta(nursery: trio.Nursery, var_dir: Path) -> AsyncIterator[Start
         handler_factory: Callable[[], SessionHandler] | None = None,
     ) -> RunningMTA:
         config = config or make_config(var_dir)
-        server = SMTPServer(config, handler_factory or make_handler_factory(config))
+        factory = handler_factory or PluginHost(load_plugin_set(config)).handler
+        server = SMTPServer(config, factory)
         stopped = trio.Event()
 
         async def serve(*, task_status: trio.TaskStatus[list[BoundListener]]) -> None:

@@ -11,9 +11,11 @@ import trio
 from tests.helpers import replies
 from tests.helpers.config import make_config
 from tests.helpers.maildir import all_messages, bodies_in, messages_in
+from trio_mta.app import load_plugin_set
 from trio_mta.config import BareLineEndings
+from trio_mta.hooks import HookRunner
 from trio_mta.protocol import RcptTo, Reply
-from trio_mta.server import LocalDeliveryHandler, MaildirStore, Session
+from trio_mta.server import HookHandler, Session
 
 from .conftest import RunningMTA, StartMTA
 
@@ -37,7 +39,7 @@ async def test_bdat_message_is_stored_verbatim(mta: RunningMTA) -> None:
         await client.expect(250, "2.0.0")
         await client.expect(250, "2.0.0")
         final = await client.expect(250, "2.0.0")
-        assert final.text.startswith("2.0.0 OK queued as ")
+        assert final.text.startswith("2.0.0 Message queued as ")
         await client.command("QUIT", 221)
         await client.expect_eof()
     assert bodies_in(mta.var_dir, "example.test", "b") == [b"".join(chunks)]
@@ -125,7 +127,7 @@ async def test_smuggling_with_normalize_stores_one_message(
     assert stored == b"Subject: carrier\r\n\r\nhello\r\n.\r\n" + SMUGGLED_TAIL
 
 
-class ExplodingHandler(LocalDeliveryHandler):
+class ExplodingHandler(HookHandler):
     """Local delivery, except that RCPT to ``boom@`` and messages to ``crash@`` raise."""
 
     async def rcpt(self, session: Session, event: RcptTo) -> Reply:
@@ -133,21 +135,20 @@ class ExplodingHandler(LocalDeliveryHandler):
             raise RuntimeError("handler bug")
         return await super().rcpt(session, event)
 
-    async def message(self, session: Session, message: bytes) -> Reply:
+    async def message(self, session: Session) -> Reply:
         txn = session.transaction
         assert txn is not None
         if any(a.unquoted_local_part == "crash" for a, _ in txn.recipients):
             raise RuntimeError("disk on fire")
-        return await super().message(session, message)
+        return await super().message(session)
 
 
 async def test_a_failing_connection_does_not_disturb_the_others(
     start_mta: StartMTA, var_dir: Path
 ) -> None:
     config = make_config(var_dir)
-    store = MaildirStore(var_dir / "maildir", "localhost", fsync=False)
-    handler = ExplodingHandler(config.server.local_domains, store)
-    mta = await start_mta(config, lambda: handler)
+    plugins = load_plugin_set(config)
+    mta = await start_mta(config, lambda: ExplodingHandler(HookRunner(plugins)))
     body = b"Subject: survivor\r\n\r\nstill here\r\n"
     with trio.fail_after(CAP):
         bystander = await mta.greeted()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -84,6 +86,13 @@ async def test_forwards_to_postfix_smtp_sink() -> None:
             "4.2.1",
             f"<{CAROL}>: try later",
         ),
+        (  # a 4xx and a 5xx: the permanent one decides, a retry could not succeed
+            Recorder(rcpt={BOB: "450 4.2.1 try later", CAROL: "550 5.1.1 no such user"}),
+            hooks.Action.DENY,
+            550,
+            "5.1.1",
+            f"<{CAROL}>: no such user",
+        ),
         (
             Recorder(data="554 5.6.0 content refused"),
             hooks.Action.DENY,
@@ -106,7 +115,7 @@ async def test_forwards_to_postfix_smtp_sink() -> None:
             "going down",
         ),
     ],
-    ids=["rcpt-5xx", "rcpt-4xx", "data-5xx", "mail-5xx", "data-421"],
+    ids=["rcpt-5xx", "rcpt-4xx", "rcpt-4xx-5xx", "data-5xx", "mail-5xx", "data-421"],
 )
 async def test_downstream_refusals_map_to_our_reply(
     recorder: Recorder, action: hooks.Action, code: int, enhanced: str, text: str
@@ -202,12 +211,12 @@ async def test_queue_outbound_only_when_enabled(enable: bool) -> None:
 
 async def test_required_tls_and_auth_with_a_ca_file(tmp_path: Path) -> None:
     ca = trustme.CA()
-    server_ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     handler = Recorder()
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "tls_context": server_ctx,
         "require_starttls": True,
         "authenticator": authenticator("relay", "pw"),

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -113,14 +114,12 @@ class _Controller(Controller):
     lmtp = False
 
     def factory(self) -> SMTP:
-        if self.lmtp:
-            return LMTP(self.handler, **self.SMTP_kwargs)
-        return super().factory()  # type: ignore[no-any-return]
+        return (LMTP if self.lmtp else SMTP)(self.handler, **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
-        assert self.server is not None
+        assert isinstance(self.server, asyncio.Server)
         self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        super()._trigger_server()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it untyped
 
 
 @asynccontextmanager

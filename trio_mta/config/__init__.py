@@ -10,8 +10,6 @@ from ._loader import load_config as load_config
 from ._schema import BareLineEndings as BareLineEndings
 from ._schema import Config as Config
 from ._schema import DataConfig as DataConfig
-from ._schema import DeliveryConfig as DeliveryConfig
-from ._schema import DeliveryMode as DeliveryMode
 from ._schema import Limits as Limits
 from ._schema import ListenerConfig as ListenerConfig
 from ._schema import ListenerKind as ListenerKind

@@ -25,7 +25,7 @@ from ._schema import Config, ListenerConfig, listener_conflicts, parse_listen
 
 CONFIG_FILE_NAME = "trio-mta.toml"
 
-_SECTIONS = ("server", "timeouts", "limits", "data", "delivery", "log", "plugins")
+_SECTIONS = ("server", "timeouts", "limits", "data", "log", "plugins")
 PLUGIN_CONFIG_DIR = "plugins"
 _LISTENER = "listener"
 

@@ -45,11 +45,6 @@ class BareLineEndings(enum.Enum):
     NORMALIZE = "normalize"
 
 
-class DeliveryMode(enum.Enum):
-    MAILDIR = "maildir"
-    DISCARD = "discard"
-
-
 def _at_least(minimum: int) -> _IntCheck:
     def check(_inst: object, _attr: object, value: int) -> None:
         if value < minimum:
@@ -260,12 +255,6 @@ class DataConfig:
 
 
 @attrs.frozen
-class DeliveryConfig:
-    mode: DeliveryMode = DeliveryMode.MAILDIR
-    fsync: bool = True
-
-
-@attrs.frozen
 class LogConfig:
     level: str = attrs.field(default="INFO", validator=_check_log_level)
     transaction_log: bool = True
@@ -310,7 +299,6 @@ class Config:
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     data: DataConfig = DataConfig()
-    delivery: DeliveryConfig = DeliveryConfig()
     log: LogConfig = LogConfig()
     plugins: PluginsConfig = PluginsConfig()
     # conf/plugins/<name>.toml, one table per plugin, as read (each plugin validates its own).

@@ -2,12 +2,11 @@
 
 from ._driver import ConnectionDriver as ConnectionDriver
 from ._handler import SessionHandler as SessionHandler
+from ._hooked import HookHandler as HookHandler
 from ._listen import BoundListener as BoundListener
 from ._listen import SMTPServer as SMTPServer
 from ._listen import protocol_limits as protocol_limits
-from ._local import LocalDeliveryHandler as LocalDeliveryHandler
-from ._maildir import MaildirStore as MaildirStore
-from ._maildir import mailbox_dirname as mailbox_dirname
+from ._pluginhost import PluginHost as PluginHost
 from ._session import IdGenerator as IdGenerator
 from ._session import Session as Session
 from ._session import Transaction as Transaction

@@ -108,7 +108,6 @@ class ConnectionDriver:
         self._session_deadline = trio.current_time() + t.session
         self._data_deadline = math.inf
         self._banner_deadline = trio.current_time() + t.banner
-        self._chunks: list[bytes] = []
         self._seen_command = False
         # A refusal of the first BDAT chunk is answered at the chunk's end (RFC 3030 §3).
         self._bdat_refusal: Reply | None = None
@@ -164,9 +163,11 @@ class ConnectionDriver:
                 await self._final(R.reply(421, "4.3.2", self._text("Service shutting down")))
             raise
         finally:
-            if self.session.transaction is not None:
-                self._log_transaction("aborted", self.close_reason)
-            with trio.move_on_after(FINAL_WRITE, shield=True):
+            # Cleanup hooks run even when the connection is being cancelled, under their own
+            # bounded deadline.
+            with trio.move_on_after(self.config.plugins.cleanup_timeout, shield=True):
+                if self.session.transaction is not None:
+                    await self._end_transaction("aborted", None)
                 await self.handler.disconnect(self.session)
 
     def _text(self, text: str) -> str:
@@ -189,12 +190,15 @@ class ConnectionDriver:
 
     async def _greet(self) -> bool:
         delay = self.config.timeouts.greeting_delay
-        early = self.transport.has_pending_input()
-        if not early and delay > 0:
+        early = False
+        if delay > 0:
             with trio.move_on_after(delay):
                 await self.transport.wait_input()
                 early = True
-        if early:
+        refused = None if early else await self.handler.connect(self.session)
+        # Checked after the connect hooks too: a plugin that pauses there (early_talker,
+        # tarpit) extends the window in which a client that talks first is caught.
+        if early or (refused is None and self.transport.has_pending_input()):
             self.close_reason = "early talker"
             log.info("conn=%s ip=%s early talker", self.session.id, self.session.client_ip)
             self.out.append(
@@ -202,7 +206,6 @@ class ConnectionDriver:
             )
             await self._flush()
             return False
-        refused = await self.handler.connect(self.session)
         if refused is not None:
             self.close_reason = f"refused {refused.code}"
             self.out.append(self.conn.send(refused))
@@ -232,7 +235,8 @@ class ConnectionDriver:
                 conn.receive_data(data)
                 continue
             if isinstance(ev, DataChunk):
-                self._chunks.append(ev.data)
+                if self.session.transaction is not None and self._bdat_refusal is None:
+                    await self.handler.data_chunk(self.session, ev.data)
                 continue
             if isinstance(ev, ConnectionClosed):
                 if self.close_reason == "quit":
@@ -257,7 +261,7 @@ class ConnectionDriver:
                     await self._final(R.reply(421, "4.7.0", self._text("Too many errors")))
                     return
             self.out.append(conn.send(answer))
-            if isinstance(ev, Quit) or answer.code == 421:
+            if isinstance(ev, Quit) or answer.code == 421 or self.session.close_requested:
                 self.close_reason = "quit" if isinstance(ev, Quit) else f"closed by {answer}"
                 await self._flush()
                 return
@@ -298,7 +302,7 @@ class ConnectionDriver:
         if isinstance(ev, Rejected):
             return ev.reply
         if isinstance(ev, Unrecognized):
-            return R.UNRECOGNIZED
+            return await handler.unrecognized(session, ev)
         if isinstance(ev, Vrfy):
             return R.VRFY_CANNOT
         if isinstance(ev, Expn):
@@ -309,7 +313,7 @@ class ConnectionDriver:
             return NOT_IMPLEMENTED
         raise AssertionError(f"unhandled event {ev!r}")
 
-    def _ehlo_lines(self) -> list[str]:
+    async def _ehlo_lines(self) -> list[str]:
         limits = self.config.limits
         lines = [
             "PIPELINING",
@@ -319,7 +323,7 @@ class ConnectionDriver:
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
         ]
-        lines.extend(self.handler.capabilities(self.session))
+        lines.extend(await self.handler.capabilities(self.session))
         return lines
 
     async def _helo(self, ev: Helo) -> Reply:
@@ -333,7 +337,7 @@ class ConnectionDriver:
         session.extended = ev.extended
         greeting = f"{self.config.server.hostname} Hello {ev.name} [{session.client_ip}]"
         if ev.extended:
-            return Reply(250, None, (greeting, *self._ehlo_lines()))
+            return Reply(250, None, (greeting, *(await self._ehlo_lines())))
         return Reply(250, None, (greeting,))
 
     async def _mail(self, ev: MailFrom) -> Reply:
@@ -349,7 +353,6 @@ class ConnectionDriver:
 
     async def _start_data(self) -> Reply | None:
         self._data_deadline = trio.current_time() + self.config.timeouts.data_total
-        self._chunks.clear()
         answer = await self.handler.data(self.session)
         if answer.code != 354:
             # Not started: a later BDAT must ask the handler again, not find the data phase
@@ -367,20 +370,18 @@ class ConnectionDriver:
             assert refusal is not None
             return refusal
         if refusal is not None:
-            self._chunks.clear()
             await self._end_transaction("refused", refusal)
             return refusal
-        body = b"".join(self._chunks)
-        self._chunks.clear()
-        header = b""
         if self.config.server.received_header:
-            header = received_header(self.session, self.config.server.hostname, now=time.time())
+            txn.trace_header = received_header(
+                self.session, self.config.server.hostname, now=time.time()
+            )
+        txn.notes["size"] = ev.size
         try:
-            answer = await self.handler.message(self.session, header + body)
+            answer = await self.handler.message(self.session)
         except Exception:
             log.exception("conn=%s delivery failed", self.session.id)
             answer = R.reply(451, "4.3.0", "Temporary failure storing the message")
-        txn.notes["size"] = len(body)
         await self._end_transaction("accepted" if answer.code < 300 else "refused", answer)
         return answer
 
@@ -389,10 +390,11 @@ class ConnectionDriver:
         session = self.session
         if session.transaction is None:
             return
-        self._log_transaction(outcome, str(answer) if answer else "")
+        self._log_transaction(outcome, str(answer) if answer else self.close_reason)
+        # The reset hooks still see the transaction that is ending.
+        await self.handler.reset(session)
         session.transaction = None
         session.transactions += 1
-        await self.handler.reset(session)
 
     def _log_transaction(self, outcome: str, detail: str) -> None:
         txn = self.session.transaction

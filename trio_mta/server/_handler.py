@@ -1,20 +1,20 @@
 """What the driver asks of the policy and delivery side, one method per SMTP step.
 
 The driver holds no policy: it parses, enforces protocol limits and deadlines, and asks its
-handler what to answer. The plugin runner implements this interface; so does the plain local
-delivery handler used before plugins are configured and by the tests.
+handler what to answer. ``HookHandler`` implements this with the plugin hooks; tests may
+implement it directly.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from ..protocol import Helo, MailFrom, RcptTo, Reply
+from ..protocol import Helo, MailFrom, RcptTo, Reply, Unrecognized
 from ._session import Session
 
 
 class SessionHandler(Protocol):
-    def capabilities(self, session: Session) -> list[str]:
+    async def capabilities(self, session: Session) -> list[str]:
         """Extra EHLO keywords for this session (beyond the engine's own)."""
         ...
 
@@ -31,16 +31,23 @@ class SessionHandler(Protocol):
     async def rcpt(self, session: Session, event: RcptTo) -> Reply: ...
 
     async def data(self, session: Session) -> Reply:
-        """354 to go on, anything else refuses the DATA command (or the first BDAT chunk)."""
+        """354 to go on, anything else refuses the DATA command (or the first BDAT chunk).
+        On 354 the handler must set ``session.transaction.message``."""
         ...
 
-    async def message(self, session: Session, message: bytes) -> Reply:
-        """The whole message (our Received header first). A 2xx reply is a promise: the
-        message must be durable before it is returned."""
+    async def data_chunk(self, session: Session, data: bytes) -> None:
+        """A piece of the message as it arrives (dot-unstuffed)."""
         ...
+
+    async def message(self, session: Session) -> Reply:
+        """The message is complete. A 2xx reply is a promise: the message must be durable
+        before it is returned."""
+        ...
+
+    async def unrecognized(self, session: Session, event: Unrecognized) -> Reply: ...
 
     async def reset(self, session: Session) -> None:
-        """The transaction ended (RSET, HELO, end of data or a refused message)."""
+        """The transaction is ending (RSET, HELO, end of data, a refused message, hang-up)."""
         ...
 
     async def disconnect(self, session: Session) -> None: ...

@@ -87,7 +87,8 @@ class HookHandler:
 
     async def data_chunk(self, conn: Connection, data: bytes) -> None:
         txn = conn.transaction
-        assert txn is not None and txn.message is not None
+        assert txn is not None
+        assert txn.message is not None
         message = txn.message
         message.write(data)
         if self._headers_pending and message.headers_complete:
@@ -98,7 +99,8 @@ class HookHandler:
 
     async def message(self, conn: Connection) -> Reply:
         txn = conn.transaction
-        assert txn is not None and txn.message is not None
+        assert txn is not None
+        assert txn.message is not None
         if self._early_verdict is not None:
             return self._early_verdict
         if self._headers_pending:

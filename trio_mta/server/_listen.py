@@ -102,6 +102,7 @@ class SMTPServer:
         self.handler_factory = handler_factory
         self.ids = ids or IdGenerator()
         self.closing = trio.Event()
+        self.stopped = trio.Event()
         self.limits = protocol_limits(config)
         self.drivers: set[ConnectionDriver] = set()
         self.per_ip: dict[str, int] = {}
@@ -139,6 +140,7 @@ class SMTPServer:
         finally:
             for sock in self._sockets:
                 sock.close()
+            self.stopped.set()
 
     def request_shutdown(self) -> None:
         self.closing.set()

@@ -1,4 +1,5 @@
-"""Per-connection and per-transaction state the driver keeps and the handler sees."""
+"""Per-connection state: the plugin-visible ``Connection`` is the session itself, so the driver
+and the plugins never hold two copies of the truth."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import itertools
 import os
 import time
 
-import attrs
+from ..hooks import Connection as Session
+from ..hooks import Transaction as Transaction
 
-from ..protocol import Address, MailParams, RcptParams
+__all__ = ["IdGenerator", "Session", "Transaction"]
 
 
 class IdGenerator:
@@ -22,33 +24,3 @@ class IdGenerator:
 
     def __call__(self) -> str:
         return f"{int(time.time()):x}{self._salt}{next(self._counter):06x}"
-
-
-@attrs.define
-class Transaction:
-    id: str
-    sender: Address | None
-    mail_params: MailParams
-    started: float
-    recipients: list[tuple[Address, RcptParams]] = attrs.Factory(list)
-    notes: dict[str, object] = attrs.Factory(dict)
-
-
-@attrs.define
-class Session:
-    id: str
-    listener: str
-    client_ip: str
-    client_port: int
-    local_ip: str
-    local_port: int
-    started: float
-    helo: str | None = None
-    extended: bool = False
-    tls_version: str | None = None
-    tls_cipher: str | None = None
-    auth_user: str | None = None
-    relaying: bool = False
-    transaction: Transaction | None = None
-    transactions: int = 0
-    notes: dict[str, object] = attrs.Factory(dict)

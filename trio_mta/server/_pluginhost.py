@@ -1,0 +1,89 @@
+"""The live plugin generation, and swapping it on reload without disturbing live sessions.
+
+Each connection gets a ``HookHandler`` bound to the generation current when it arrived and
+keeps it to the end. A reload starts the new generation (its ``startup`` finishes first), makes
+it current, and shuts the old one down once its last connection has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from ..hooks import HookCall, HookRunner, PluginSet, Sandbox
+from ._hooked import HookHandler
+from ._session import Session
+
+log = logging.getLogger("trio_mta.plugins")
+
+
+def _ignore(call: HookCall) -> None:
+    return None
+
+
+class _CountedHandler(HookHandler):
+    def __init__(self, runner: HookRunner, spill_dir: Path | None, done: Callable[[], None]):
+        super().__init__(runner, spill_dir=spill_dir)
+        self._done = done
+
+    async def disconnect(self, conn: Session) -> None:
+        try:
+            await super().disconnect(conn)
+        finally:
+            self._done()
+
+
+class PluginHost:
+    def __init__(
+        self,
+        plugins: PluginSet,
+        *,
+        sandbox: Sandbox | None = None,
+        spill_dir: Path | None = None,
+        observe: Callable[[HookCall], None] = _ignore,
+    ) -> None:
+        self.current = plugins
+        self.sandbox = sandbox
+        self.spill_dir = spill_dir
+        self.observe = observe
+        self._users: dict[int, int] = {}
+        self._retired: dict[int, PluginSet] = {}
+        self._send, self._recv = trio.open_memory_channel[PluginSet](16)
+
+    def handler(self) -> HookHandler:
+        """A handler for a new connection, on the current generation."""
+        plugins = self.current
+        generation = plugins.generation
+        self._users[generation] = self._users.get(generation, 0) + 1
+        runner = HookRunner(plugins, sandbox=self.sandbox, observe=self.observe)
+        return _CountedHandler(runner, self.spill_dir, lambda: self._release(generation))
+
+    def _release(self, generation: int) -> None:
+        left = self._users[generation] - 1
+        self._users[generation] = left
+        if left == 0 and generation in self._retired:
+            self._send.send_nowait(self._retired.pop(generation))
+
+    async def replace(self, plugins: PluginSet) -> None:
+        """Start ``plugins`` and make them current; the old set retires when unused."""
+        await plugins.startup()
+        old, self.current = self.current, plugins
+        if self._users.get(old.generation, 0) == 0:
+            await old.shutdown()
+        else:
+            self._retired[old.generation] = old
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Shut retired generations down as their last connection ends; at exit, all of them."""
+        task_status.started()
+        try:
+            async for retired in self._recv:
+                await retired.shutdown()
+                log.info("plugin generation %d shut down", retired.generation)
+        finally:
+            with trio.move_on_after(5, shield=True):
+                for plugins in (*self._retired.values(), self.current):
+                    await plugins.shutdown()
