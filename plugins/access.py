@@ -41,7 +41,6 @@ from trio_mta.protocol import Address, MailParams, RcptParams
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Verdict = str | None  # "allow", "deny" or no opinion
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 _KEYS = frozenset({"message", "whitelist_skip", "client", "rdns", "helo", "mail", "rcpt"})
 _LIST_KEYS = ("allow", "deny", "allow_regex", "deny_regex")
 
@@ -125,7 +124,7 @@ class Rules:
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
         config = self.config
-        unknown = set(config) - _KEYS - _RUNNER_KEYS
+        unknown = set(config) - _KEYS
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
         message = config.get("message", "Access denied")

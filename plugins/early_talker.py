@@ -32,7 +32,6 @@ from trio_mta.protocol import Address, MailParams, RcptParams
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 _PAUSES = {"pause": 1.0, "pause_helo": 0.0, "pause_mail": 0.0, "pause_rcpt": 0.0, "pause_data": 0.0}
 MARGIN = 0.05  # seconds left before the call's deadline when a pause is cut short
 
@@ -59,7 +58,7 @@ async def pause(seconds: float, log_name: str, plugin: hooks.Plugin) -> None:
 
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
-        unknown = set(self.config) - set(_PAUSES) - {"whitelist"} - _RUNNER_KEYS
+        unknown = set(self.config) - set(_PAUSES) - {"whitelist"}
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {[*_PAUSES, 'whitelist']}")
         self.pauses: dict[str, float] = {}
@@ -68,13 +67,9 @@ class Plugin(hooks.Plugin):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{key}: must be a number of seconds, 0 or more")
             self.pauses[key] = float(value)
-        timeout = self.config.get("timeout")
+        timeout = self.timeout
         longest = max(self.pauses.values())
-        if (
-            isinstance(timeout, int | float)
-            and not isinstance(timeout, bool)
-            and longest >= timeout
-        ):
+        if timeout is not None and longest >= timeout:
             raise ValueError(f"pauses must be shorter than timeout ({timeout}s), not {longest}s")
         whitelist = self.config.get("whitelist", [])
         if not isinstance(whitelist, list):

@@ -33,7 +33,6 @@ from collections.abc import Sequence
 
 from trio_mta import hooks
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 _KEYS = frozenset({"required", "singular", "max_received", "action"})
 SINGULAR = (
     "Date",
@@ -86,7 +85,7 @@ def problems(
 
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
-        unknown = set(self.config) - _KEYS - _RUNNER_KEYS
+        unknown = set(self.config) - _KEYS
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
         self.required = _names("required", self.config.get("required", ["From", "Date"]))

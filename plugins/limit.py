@@ -28,7 +28,6 @@ from __future__ import annotations
 from trio_mta import hooks
 from trio_mta.protocol import Address, MailParams, RcptParams
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 _LIMITS = (
     "max_recipients",
     "max_unrecognized_commands",
@@ -41,7 +40,7 @@ UNRECOGNIZED = "limit.unrecognized"
 
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
-        unknown = set(self.config) - set(_LIMITS) - _RUNNER_KEYS
+        unknown = set(self.config) - set(_LIMITS)
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {list(_LIMITS)}")
         values: dict[str, int] = {}

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from trio_mta import hooks
 from trio_mta.protocol import Address, Capabilities, MailParams, Reply
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 _KEYS = frozenset({"host", "port", "helo", "domains"})
 UNAVAILABLE = hooks.denysoft(
     "Mail delivery agent unavailable, try again later", code=451, enhanced="4.4.1"
@@ -80,7 +79,7 @@ def mail_params(params: MailParams, caps: Capabilities) -> str:
 
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
-        unknown = set(self.config) - _KEYS - _RUNNER_KEYS
+        unknown = set(self.config) - _KEYS
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
         top = {k: v for k, v in self.config.items() if k in ("host", "port")}

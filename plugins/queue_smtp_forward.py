@@ -35,7 +35,6 @@ import attrs
 from trio_mta import hooks
 from trio_mta.protocol import Address, Capabilities, MailParams, RcptParams, Reply
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 _ROUTE_KEYS = frozenset({"host", "port", "tls", "tls_ca_file", "auth_user", "auth_password"})
 _KEYS = _ROUTE_KEYS | {"helo", "enable_outbound", "domains"}
 UNAVAILABLE = hooks.denysoft(
@@ -157,7 +156,7 @@ def message_size(txn: hooks.Transaction) -> int:
 
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
-        unknown = set(self.config) - _KEYS - _RUNNER_KEYS
+        unknown = set(self.config) - _KEYS
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
         self.default, self.routes = parse_routes(self.config, 25)

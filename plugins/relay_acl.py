@@ -30,7 +30,6 @@ from trio_mta import hooks
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 _KEYS = frozenset({"allow", "deny_outside", "message"})
 
 
@@ -68,7 +67,7 @@ def first_match(address: IPAddress | None, networks: Iterable[IPNetwork]) -> IPN
 
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
-        unknown = set(self.config) - _KEYS - _RUNNER_KEYS
+        unknown = set(self.config) - _KEYS
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
         self.allow = parse_networks("allow", self.config.get("allow", []))

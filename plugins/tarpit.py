@@ -30,7 +30,6 @@ import trio
 from trio_mta import hooks
 from trio_mta.protocol import Address, MailParams, RcptParams
 
-_RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 NOTE = "tarpit"
 MARGIN = 0.05  # seconds left before the call's deadline when a delay is cut short
 
@@ -43,7 +42,7 @@ def _seconds(value: object) -> float | None:
 
 class Plugin(hooks.Plugin):
     def setup(self) -> None:
-        unknown = set(self.config) - {"delay"} - _RUNNER_KEYS
+        unknown = set(self.config) - {"delay"}
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}; known: ['delay']")
         delay = _seconds(self.config.get("delay", 0))

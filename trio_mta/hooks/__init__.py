@@ -12,6 +12,7 @@ from ._plugin import HookOptions as HookOptions
 from ._plugin import Plugin as Plugin
 from ._plugin import PluginEnv as PluginEnv
 from ._plugin import hook as hook
+from ._registry import RUNNER_KEYS as RUNNER_KEYS
 from ._registry import HookEntry as HookEntry
 from ._registry import PluginLoadError as PluginLoadError
 from ._registry import PluginSet as PluginSet

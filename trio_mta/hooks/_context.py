@@ -81,8 +81,11 @@ class Message:
 
     @property
     def header_block(self) -> bytes:
-        """The header section including its blank line (empty if none was seen)."""
-        return bytes(self._head[: max(self._header_end, 0)])
+        """The header section including its blank line; a message that ended without a blank
+        line is all header section (RFC 5322 §3.5 makes the body optional)."""
+        if self._header_end < 0:
+            return bytes(self._head)
+        return bytes(self._head[: self._header_end])
 
     @property
     def headers(self) -> email.message.Message:
@@ -199,6 +202,8 @@ class Connection:
     tls_cipher: str | None = None
     auth_user: str | None = None
     relaying: bool = False
+    # Plugins skipped for the rest of the connection (whitelisting), like Transaction's.
+    skip_plugins: set[str] = attrs.Factory(set)
     # Set when a plugin's verdict ends the session (…DISCONNECT): the driver closes after
     # sending the reply.
     close_requested: bool = False

@@ -80,8 +80,16 @@ class Plugin:
     priority: int = 0  # lower runs earlier; ties keep the configured order
 
     def __init__(
-        self, name: str, config: Mapping[str, object], env: PluginEnv, log: logging.Logger
+        self,
+        name: str,
+        config: Mapping[str, object],
+        env: PluginEnv,
+        log: logging.Logger,
+        *,
+        timeout: float | None = None,
     ) -> None:
+        if timeout is not None:
+            self.timeout = timeout  # the plugin-level deadline in force, for setup() to see
         self.name = name
         self.config = config
         self.env = env

@@ -27,7 +27,7 @@ log = logging.getLogger("trio_mta.plugins")
 _generation = itertools.count(1)
 
 _ACTIONS = {a.value: a for a in Action}
-_PLUGIN_KEYS = {"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"}
+RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
 
 
 class PluginLoadError(Exception):
@@ -120,7 +120,7 @@ def _options_from_config(
 ) -> HookOptions:
     # A plugin's own table also holds the plugin's settings (``host_list``…); a
     # ``[hooks.<name>]`` table holds only the runner's keys.
-    unknown = set(table) - _PLUGIN_KEYS
+    unknown = set(table) - RUNNER_KEYS
     if strict and unknown:
         raise PluginLoadError(f"{where}: unknown keys {sorted(unknown)}")
     timeout = table.get("timeout")
@@ -180,7 +180,15 @@ def load_plugins(
         if not isinstance(hook_tables, Mapping):
             raise PluginLoadError(f"plugin {name}.hooks: must be a table")
         try:
-            plugin = cls(name, config, env, logging.getLogger(f"trio_mta.plugin.{name}"))
+            # The runner's keys are the runner's: the plugin sees only its own settings.
+            own = {k: v for k, v in config.items() if k not in RUNNER_KEYS}
+            plugin = cls(
+                name,
+                own,
+                env,
+                logging.getLogger(f"trio_mta.plugin.{name}"),
+                timeout=plugin_opts.timeout or cls.timeout or default_timeout,
+            )
         except Exception as exc:
             raise PluginLoadError(f"plugin {name!r}: configuration refused: {exc}") from exc
         plugins.append(plugin)

@@ -101,7 +101,11 @@ class HookRunner:
             return CONT, None
         txn = conn.transaction
         for entry in entries:
-            if txn is not None and txn.skip_plugins and entry.plugin.name in txn.skip_plugins:
+            # Looked up per entry: a plugin earlier in this very chain may add to the sets.
+            name = entry.plugin.name
+            if (conn.skip_plugins and name in conn.skip_plugins) or (
+                txn is not None and txn.skip_plugins and name in txn.skip_plugins
+            ):
                 continue
             result = await self._call(entry, conn, args)
             if result.action is Action.CONT:
