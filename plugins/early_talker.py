@@ -49,6 +49,8 @@ async def pause(seconds: float, log_name: str, plugin: hooks.Plugin) -> None:
     """Sleep ``seconds``, or until just before the enclosing deadline, whichever is sooner."""
     if seconds <= 0:
         return
+    # The runner arms a call's deadline once the call first blocks.
+    await trio.lowlevel.checkpoint()
     room = trio.current_effective_deadline() - trio.current_time() - MARGIN
     if room < seconds:
         plugin.log.warning("%s: pause of %gs cut to %.3gs by the deadline", log_name, seconds, room)

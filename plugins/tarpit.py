@@ -67,6 +67,8 @@ class Plugin(hooks.Plugin):
     async def _sleep(self, conn: hooks.Connection) -> hooks.Result:
         seconds = self.delay_for(conn)
         if seconds > 0:
+            # The runner arms a call's deadline once the call first blocks.
+            await trio.lowlevel.checkpoint()
             room = trio.current_effective_deadline() - trio.current_time() - MARGIN
             if room < seconds:
                 self.log.warning("conn=%s delay of %gs cut to %.3gs", conn.id, seconds, room)

@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import Protocol
 
 import attrs
@@ -75,8 +77,25 @@ class Sandbox(Protocol):
         ...
 
 
-def _ignore(call: HookCall) -> None:
-    return None
+@types.coroutine
+def _finish(
+    coro: Coroutine[object, object, object], trap: object
+) -> Generator[object, object, object]:
+    """Drive ``coro`` to its end from a point where it has yielded ``trap``, forwarding every
+    yield to Trio and every resumption back to ``coro`` (what ``yield from`` would do)."""
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 class HookRunner:
@@ -85,11 +104,15 @@ class HookRunner:
         plugins: PluginSet,
         *,
         sandbox: Sandbox | None = None,
-        observe: Callable[[HookCall], None] = _ignore,
+        observe: Callable[[HookCall], None] | None = None,
     ) -> None:
         self.plugins = plugins
         self.sandbox = sandbox
         self.observe = observe
+        # Told when a plugin call starts and stops blocking: the driver watches for the
+        # client hanging up only then (it costs a task, so not for calls that never block).
+        self.on_block: Callable[[], None] | None = None
+        self.on_unblock: Callable[[], None] | None = None
 
     def has(self, hook: str) -> bool:
         return bool(self.plugins.table.get(hook))
@@ -99,48 +122,92 @@ class HookRunner:
         entries = self.plugins.table.get(hook)
         if not entries:
             return CONT, None
-        txn = conn.transaction
-        for entry in entries:
-            # Looked up per entry: a plugin earlier in this very chain may add to the sets.
-            name = entry.plugin.name
-            if (conn.skip_plugins and name in conn.skip_plugins) or (
-                txn is not None and txn.skip_plugins and name in txn.skip_plugins
-            ):
-                continue
-            result = await self._call(entry, conn, args)
-            if result.action is Action.CONT:
-                continue
-            if result.action.is_denial and hook != "deny" and self.has("deny"):
-                override, _ = await self.run("deny", conn, Denial(hook, entry.plugin.name, result))
-                if override.action is Action.OK:
-                    continue
-            return result, entry.plugin.name
-        return CONT, None
+        return await self._chain(hook, entries, conn, args, stop=True)
 
     async def run_all(self, hook: str, conn: Connection, *args: object) -> None:
         """Every plugin, results ignored (``always_run`` hooks)."""
-        for entry in self.plugins.table.get(hook, ()):
-            await self._call(entry, conn, args)
+        entries = self.plugins.table.get(hook)
+        if entries:
+            await self._chain(hook, entries, conn, args, stop=False)
 
-    async def _call(self, entry: HookEntry, conn: Connection, args: tuple[object, ...]) -> Result:
+    async def _chain(
+        self,
+        hook: str,
+        entries: tuple[HookEntry, ...],
+        conn: Connection,
+        args: tuple[object, ...],
+        *,
+        stop: bool,
+    ) -> tuple[Result, str | None]:
+        # One cancel scope serves the whole chain; its deadline is armed only while a plugin
+        # call is actually blocked (see _invoke). A timeout ends the scope, so the chain goes
+        # on, if it does, in a fresh one.
+        index = 0
+        while index < len(entries):
+            with trio.CancelScope() as scope:
+                while index < len(entries):
+                    entry = entries[index]
+                    index += 1
+                    if self._skipped(entry, conn):
+                        continue
+                    result = await self._call(entry, conn, args, scope)
+                    if stop and await self._decides(hook, entry, conn, result):
+                        return result, entry.plugin.name
+            if not scope.cancelled_caught:
+                break
+            result = self._timed_out(entries[index - 1], conn)
+            if stop and await self._decides(hook, entries[index - 1], conn, result):
+                return result, entries[index - 1].plugin.name
+        return CONT, None
+
+    @staticmethod
+    def _skipped(entry: HookEntry, conn: Connection) -> bool:
+        # Looked up per entry: a plugin earlier in this very chain may add to the sets.
+        name = entry.plugin.name
+        txn = conn.transaction
+        return bool(
+            (conn.skip_plugins and name in conn.skip_plugins)
+            or (txn is not None and txn.skip_plugins and name in txn.skip_plugins)
+        )
+
+    async def _decides(self, hook: str, entry: HookEntry, conn: Connection, result: Result) -> bool:
+        if result.action is Action.CONT:
+            return False
+        if result.action.is_denial and hook != "deny" and self.has("deny"):
+            override, _ = await self.run("deny", conn, Denial(hook, entry.plugin.name, result))
+            if override.action is Action.OK:
+                return False
+        return True
+
+    def _timed_out(self, entry: HookEntry, conn: Connection) -> Result:
+        log.warning(
+            "conn=%s plugin %s timed out on %s after %.3gs",
+            conn.id,
+            entry.plugin.name,
+            entry.hook,
+            entry.timeout,
+        )
+        if self.observe is not None:
+            self.observe(
+                HookCall(
+                    entry.hook, entry.plugin.name, entry.on_timeout.action, entry.timeout, True
+                )
+            )
+        return entry.on_timeout
+
+    async def _call(
+        self,
+        entry: HookEntry,
+        conn: Connection,
+        args: tuple[object, ...],
+        scope: trio.CancelScope,
+    ) -> Result:
         token = current_hook.set((entry.plugin.name, entry.hook))
         started = time.perf_counter()
-        timed_out = False
         error: str | None = None
         try:
-            with trio.move_on_after(entry.timeout) as scope:
-                value = await self._invoke(entry, conn, args)
-            if scope.cancelled_caught:
-                timed_out = True
-                log.warning(
-                    "conn=%s plugin %s timed out on %s after %.3gs",
-                    conn.id,
-                    entry.plugin.name,
-                    entry.hook,
-                    entry.timeout,
-                )
-                result = entry.on_timeout
-            elif value is None:
+            value = await self._invoke(entry, conn, args, scope)
+            if value is None:
                 result = CONT
             elif isinstance(value, Result):
                 result = value
@@ -158,26 +225,58 @@ class HookRunner:
             current_hook.reset(token)
             finished = time.perf_counter()
             last_hook.set((entry.plugin.name, entry.hook, finished))
-        self.observe(
-            HookCall(
-                entry.hook,
-                entry.plugin.name,
-                result.action,
-                finished - started,
-                timed_out,
-                error,
+        if self.observe is not None:
+            self.observe(
+                HookCall(
+                    entry.hook, entry.plugin.name, result.action, finished - started, False, error
+                )
             )
-        )
         return result
 
-    async def _invoke(self, entry: HookEntry, conn: Connection, args: tuple[object, ...]) -> object:
+    async def _invoke(
+        self,
+        entry: HookEntry,
+        conn: Connection,
+        args: tuple[object, ...],
+        scope: trio.CancelScope,
+    ) -> object:
+        start = trio.current_time()
+        if entry.is_async and not entry.sandbox:
+            # Step the plugin's coroutine once by hand: most calls finish without blocking,
+            # and those need no deadline (a call that never yields cannot be cancelled
+            # anyway; the loop watchdog reports it). Only a call that blocks arms one.
+            coro: Coroutine[object, object, object] = entry.fn(conn, *args)  # type: ignore[assignment]
+            try:
+                trap = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
+            scope.deadline = start + entry.timeout
+            self._blocking(True)
+            try:
+                return await _finish(coro, trap)
+            finally:
+                scope.deadline = math.inf
+                self._blocking(False)
+        scope.deadline = start + entry.timeout
+        self._blocking(True)
+        try:
+            return await self._invoke_elsewhere(entry, conn, args)
+        finally:
+            scope.deadline = math.inf
+            self._blocking(False)
+
+    def _blocking(self, blocked: bool) -> None:
+        callback = self.on_block if blocked else self.on_unblock
+        if callback is not None:
+            callback()
+
+    async def _invoke_elsewhere(
+        self, entry: HookEntry, conn: Connection, args: tuple[object, ...]
+    ) -> object:
         if entry.sandbox:
             if self.sandbox is None:
                 raise RuntimeError("plugin wants the process sandbox, but none is running")
             return await self.sandbox.call(entry, conn, args)
-        if entry.is_async:
-            fn: Callable[..., Awaitable[object]] = entry.fn  # type: ignore[assignment]
-            return await fn(conn, *args)
         return await trio.to_thread.run_sync(
             functools.partial(entry.fn, conn, *args), abandon_on_cancel=True
         )

@@ -88,8 +88,16 @@ class ConnectionDriver:
         conn: ServerConnection,
         *,
         is_closing: trio.Event,
+        nursery: trio.Nursery | None = None,
     ) -> None:
         self.transport = transport
+        self.nursery = nursery
+        self.hung_up = False
+        self._blocked = 0
+        self._watching = False
+        self._watch_scope: trio.CancelScope | None = None
+        if nursery is not None:
+            handler.watch_blocking(self._on_block, self._on_unblock)
         self.session = session
         self.config = config
         self.handler = handler
@@ -130,6 +138,34 @@ class ConnectionDriver:
         self.phase = phase
         self.scope.deadline = deadline
 
+    # -- hang-up while a plugin blocks --------------------------------------------------------------
+
+    def _on_block(self) -> None:
+        self._blocked += 1
+        if not self._watching and not self.hung_up and self.nursery is not None:
+            self._watching = True
+            self.nursery.start_soon(self._watch_hangup)
+
+    def _on_unblock(self) -> None:
+        self._blocked -= 1
+        if self._blocked == 0 and self._watch_scope is not None:
+            self._watch_scope.cancel()
+
+    async def _watch_hangup(self) -> None:
+        """While a plugin call blocks, a client that hangs up cancels the session at once
+        (the chain with it); the cleanup hooks still run. Pipelined input ends the watch: a
+        client that is still talking has not hung up."""
+        try:
+            with trio.CancelScope() as self._watch_scope:
+                if self._blocked:
+                    await self.transport.wait_input()
+                    if self.transport.at_eof():
+                        self.hung_up = True
+                        self.scope.cancel()
+        finally:
+            self._watch_scope = None
+            self._watching = False
+
     def wake_for_shutdown(self) -> None:
         """Called by the server on shutdown: an idle connection stops waiting at once."""
         if self.idle:
@@ -143,7 +179,14 @@ class ConnectionDriver:
                 self.scope.deadline = self._banner_deadline
                 await self._serve()
             if self.scope.cancelled_caught:
-                if self.closing.is_set() and self.idle:
+                if self.hung_up:
+                    self.close_reason = "client hung up"
+                    log.info(
+                        "conn=%s ip=%s hung up during a plugin call",
+                        self.session.id,
+                        self.session.client_ip,
+                    )
+                elif self.closing.is_set() and self.idle:
                     self.close_reason = "shutdown"
                     await self._final(R.reply(421, "4.3.2", self._text("Service shutting down")))
                 else:
@@ -163,6 +206,8 @@ class ConnectionDriver:
                 await self._final(R.reply(421, "4.3.2", self._text("Service shutting down")))
             raise
         finally:
+            if self._watch_scope is not None:
+                self._watch_scope.cancel()
             # Cleanup hooks run even when the connection is being cancelled, under their own
             # bounded deadline.
             with trio.move_on_after(self.config.plugins.cleanup_timeout, shield=True):

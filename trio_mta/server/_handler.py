@@ -7,6 +7,7 @@ implement it directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ..protocol import Helo, MailFrom, RcptTo, Reply, Unrecognized
@@ -51,3 +52,7 @@ class SessionHandler(Protocol):
         ...
 
     async def disconnect(self, session: Session) -> None: ...
+
+    def watch_blocking(self, on_block: Callable[[], None], on_unblock: Callable[[], None]) -> None:
+        """Call these when policy work starts and stops waiting (for hang-up detection)."""
+        ...

@@ -10,6 +10,7 @@ and answered when the data ends (SMTP has no way to answer in the middle of DATA
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..hooks import Action, Connection, HookRunner, Message, Result, reply_for
@@ -135,4 +136,11 @@ class HookHandler:
             txn.message.close()
 
     async def disconnect(self, conn: Connection) -> None:
+        txn = conn.transaction
+        if txn is not None and txn.message is not None:
+            txn.message.close()
         await self.runner.run_all("disconnect", conn)
+
+    def watch_blocking(self, on_block: Callable[[], None], on_unblock: Callable[[], None]) -> None:
+        self.runner.on_block = on_block
+        self.runner.on_unblock = on_unblock

@@ -188,7 +188,7 @@ class SMTPServer:
         self.active += 1
         self.per_ip[ip] = count + 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        nursery.start_soon(self._handle, client, addr, listener)
+        nursery.start_soon(self._handle, client, addr, listener, nursery)
 
     def _release(self, ip: str) -> None:
         self.active -= 1
@@ -205,6 +205,7 @@ class SMTPServer:
         client: stdlib_socket.socket,
         addr: tuple[str, int] | tuple[str, int, int, int],
         listener: ListenerConfig,
+        nursery: trio.Nursery,
     ) -> None:
         transport = SocketTransport(client)
         try:
@@ -228,6 +229,7 @@ class SMTPServer:
             self.ids,
             ServerConnection(self.limits),
             is_closing=self.closing,
+            nursery=nursery,
         )
         self.drivers.add(driver)
         try:

@@ -31,6 +31,10 @@ class Transport(Protocol):
         """Return when the client has sent something (or hung up)."""
         ...
 
+    def at_eof(self) -> bool:
+        """After ``wait_input``: whether what arrived is the end of the stream."""
+        ...
+
     async def aclose(self) -> None:
         """Close at once, without a graceful goodbye; safe inside a cancelled scope."""
         ...
@@ -64,6 +68,14 @@ class SocketTransport:
     async def wait_input(self) -> None:
         await trio.lowlevel.wait_readable(self.sock)
 
+    def at_eof(self) -> bool:
+        try:
+            return not self.raw.recv(1, stdlib_socket.MSG_PEEK | stdlib_socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
     async def aclose(self) -> None:
         # Deliberately no checkpoint: a plain close is what the hot path can afford, and it
         # must also work inside an already-cancelled scope.
@@ -74,11 +86,14 @@ class StreamTransport:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self._stash = b""
+        self._eof = False
 
     async def receive(self) -> bytes:
         if self._stash:
             data, self._stash = self._stash, b""
             return data
+        if self._eof:
+            return b""
         try:
             return bytes(await self.stream.receive_some(RECV_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -91,11 +106,12 @@ class StreamTransport:
         return bool(self._stash)
 
     async def wait_input(self) -> None:
-        if not self._stash:
-            self._stash = await self.receive() or b""
-            if not self._stash:
-                # End of stream: nothing more will come; let the caller see it as input.
-                await trio.lowlevel.checkpoint()
+        if not self._stash and not self._eof:
+            self._stash = await self.receive()
+            self._eof = not self._stash
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._stash
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
