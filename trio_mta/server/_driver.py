@@ -138,7 +138,7 @@ class ConnectionDriver:
         self.phase = phase
         self.scope.deadline = deadline
 
-    # -- hang-up while a plugin blocks --------------------------------------------------------------
+    # -- hang-up while a plugin blocks ----------------------------------------------------------
 
     def _on_block(self) -> None:
         self._blocked += 1
