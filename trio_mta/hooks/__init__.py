@@ -5,6 +5,7 @@ result helpers, ``Connection``, ``Transaction``, ``Message``, ``PluginEnv``. The
 the registry are for the server.
 """
 
+from ._batch import BatchWorker as BatchWorker
 from ._context import Connection as Connection
 from ._context import Message as Message
 from ._context import Transaction as Transaction
