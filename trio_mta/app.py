@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import trio
 
 from .config import Config, ConfigError, load_config
@@ -97,7 +98,7 @@ async def run(
             task_status.started(bound)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await _reload(config.config_dir, host)
+                    await _reload(config, host)
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)
                 server.request_shutdown()
@@ -107,18 +108,26 @@ async def run(
     log.info("stopped")
 
 
-async def _reload(config_dir: Path | None, host: PluginHost) -> None:
-    """Re-read the configuration and re-import the plugins. Listener, limit and timeout
-    changes need a restart; the plugin set and plugin settings change at once. A broken new
-    configuration or plugin is reported and the running set stays."""
+async def _reload(config: Config, host: PluginHost) -> None:
+    """Re-read the configuration and re-import the plugins. Listener, limit, timeout and
+    state-directory changes need a restart; the plugin set and plugin settings change at once.
+    A broken new configuration or plugin is reported and the running set stays."""
     try:
-        new_config = load_config(config_dir)
-        plugins = load_plugin_set(new_config)
+        new_config = load_config(config.config_dir)
+        # The plugins keep the running state directory: it may come from the command line
+        # (--var-dir), which the file knows nothing about.
+        server = attrs.evolve(new_config.server, var_dir=config.server.var_dir)
+        plugins = load_plugin_set(attrs.evolve(new_config, server=server))
     except (ConfigError, PluginLoadError) as exc:
         log.error("reload refused, keeping the running configuration and plugins:\n%s", exc)
         return
     if _needs_sandbox(plugins) and host.sandbox is None:
         log.error("reload refused: a sandboxed plugin needs a restart to start the sandbox")
         return
-    await host.replace(plugins)
+    try:
+        await host.replace(plugins)
+    except Exception:  # a plugin's own start-up: the plugin boundary, not the daemon's end
+        log.exception("reload refused: a plugin failed to start; keeping the running plugins")
+        await plugins.shutdown()
+        return
     log.info("reload: plugin generation %d in service", plugins.generation)
