@@ -67,6 +67,8 @@ class LocalProtocolError(Exception):
 
 
 _ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 _TERMINATOR = b"\r\n.\r\n"
 # Message problems, most decisive first (see _note_problem).
 _PROBLEM_RANK = (R.TEXT_LINE_TOO_LONG, R.BARE_LINE_ENDING, R.MESSAGE_TOO_BIG)
@@ -97,22 +99,6 @@ class ServerConnection:
         # A BDAT chunk (even of size 0) owes its end event until it has been emitted.
         self._chunk_pending = False
         self._data_end_pending = False
-        self._commands: dict[str, Callable[[str, str], Event | None]] = {
-            "HELO": self._helo,
-            "EHLO": self._helo,
-            "MAIL": self._mail,
-            "RCPT": self._rcpt,
-            "DATA": self._data,
-            "BDAT": self._bdat,
-            "RSET": self._simple(Rset()),
-            "NOOP": self._noop,
-            "QUIT": self._simple(Quit()),
-            "VRFY": self._vrfy,
-            "EXPN": self._expn,
-            "HELP": self._help,
-            "STARTTLS": self._starttls,
-            "AUTH": self._auth,
-        }
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -284,10 +270,10 @@ class ServerConnection:
             return AuthResponse(line.strip())
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
-        handler = self._commands.get(verb)
+        handler = _COMMANDS.get(verb)
         if handler is None:
             return Unrecognized(verb, line)
-        return handler(verb, arg)
+        return handler(self, verb, arg)
 
     def _line_limit(self) -> int:
         if self.state is State.AUTH or self._buf[:5].upper() == b"AUTH ":
@@ -302,14 +288,11 @@ class ServerConnection:
             return Rejected(verb, R.BDAT_EXPECTED)
         return None
 
-    @staticmethod
-    def _simple(ev: Event) -> Callable[[str, str], Event]:
-        def parse(verb: str, arg: str) -> Event:
-            if arg.strip():
-                return Rejected(verb, R.SYNTAX_NO_ARGS)
-            return ev
+    def _rset(self, verb: str, arg: str) -> Event:
+        return Rejected(verb, R.SYNTAX_NO_ARGS) if arg.strip() else Rset()
 
-        return parse
+    def _quit(self, verb: str, arg: str) -> Event:
+        return Rejected(verb, R.SYNTAX_NO_ARGS) if arg.strip() else Quit()
 
     def _helo(self, verb: str, arg: str) -> Event:
         name = arg.strip()
@@ -549,3 +532,22 @@ class ServerConnection:
         if normalise:
             portion = _ANY_LINE_END.sub(b"\r\n", portion)
         return self._accept_content(portion)
+
+
+# One table for the class, not one per connection (it is a per-connection cost otherwise).
+_COMMANDS: dict[str, Callable[[ServerConnection, str, str], Event | None]] = {
+    "HELO": ServerConnection._helo,
+    "EHLO": ServerConnection._helo,
+    "MAIL": ServerConnection._mail,
+    "RCPT": ServerConnection._rcpt,
+    "DATA": ServerConnection._data,
+    "BDAT": ServerConnection._bdat,
+    "RSET": ServerConnection._rset,
+    "NOOP": ServerConnection._noop,
+    "QUIT": ServerConnection._quit,
+    "VRFY": ServerConnection._vrfy,
+    "EXPN": ServerConnection._expn,
+    "HELP": ServerConnection._help,
+    "STARTTLS": ServerConnection._starttls,
+    "AUTH": ServerConnection._auth,
+}

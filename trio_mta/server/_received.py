@@ -4,6 +4,7 @@ names, RFC 6531 UTF8SMTP variants)."""
 from __future__ import annotations
 
 import email.utils
+import functools
 
 from ._session import Session
 
@@ -24,6 +25,12 @@ def _clean(text: str) -> str:
     return "".join(ch if 33 <= ord(ch) < 127 and ch not in "()\\" else "?" for ch in text)[:255]
 
 
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    # Formatting a date costs more than the rest of the header; it changes once a second.
+    return email.utils.formatdate(second, localtime=False)
+
+
 def received_header(session: Session, hostname: str, *, now: float) -> bytes:
     txn = session.transaction
     assert txn is not None
@@ -36,5 +43,5 @@ def received_header(session: Session, hostname: str, *, now: float) -> bytes:
     lines.append(by)
     if len(txn.recipients) == 1:
         lines.append(f"\tfor <{_clean(str(txn.recipients[0][0]))}>")
-    lines[-1] += "; " + email.utils.formatdate(now, localtime=False)
+    lines[-1] += "; " + _date(int(now))
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
