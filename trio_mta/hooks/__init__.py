@@ -1,10 +1,17 @@
 """The plugin API (what plugin authors import) and the hook runner.
 
 Public for plugins: ``Plugin``, ``hook``, ``Action``, ``Result``, ``CONT``, ``OK`` and the
-result helpers, ``Connection``, ``Transaction``, ``Message``, ``PluginEnv``. The runner and
-the registry are for the server.
+result helpers, ``Connection``, ``Transaction``, ``Message``, ``PluginEnv``; for ``auth``
+plugins, ``Credentials`` and the scrypt helpers (``hash_password``, ``verify_password``, users
+files). The runner and the registry are for the server.
 """
 
+from ._auth import Credentials as Credentials
+from ._auth import check_username as check_username
+from ._auth import hash_password as hash_password
+from ._auth import parse_users as parse_users
+from ._auth import update_users as update_users
+from ._auth import verify_password as verify_password
 from ._batch import BatchWorker as BatchWorker
 from ._context import Connection as Connection
 from ._context import Message as Message
@@ -35,8 +42,7 @@ from ._runner import Denial as Denial
 from ._runner import HookCall as HookCall
 from ._runner import HookRunner as HookRunner
 from ._runner import Sandbox as Sandbox
-from ._runner import current_hook as current_hook
-from ._runner import last_hook as last_hook
+from ._runner import current_runner as current_runner
 from ._sandbox import ProcessSandbox as ProcessSandbox
 from ._sandbox import SandboxError as SandboxError
 from ._sandbox import WorkerCrashed as WorkerCrashed

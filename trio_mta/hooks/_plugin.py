@@ -78,6 +78,9 @@ class Plugin:
     on_error: Result = ERROR_RESULT
     sandbox: str | None = None  # "process" to run every hook in a worker process
     priority: int = 0  # lower runs earlier; ties keep the configured order
+    # SASL mechanisms this plugin's hook_auth can verify. CRAM-MD5 needs the plaintext secret
+    # (or an equivalent); the server offers a mechanism only if every auth plugin lists it.
+    auth_mechanisms: frozenset[str] = frozenset({"PLAIN", "LOGIN"})
 
     def __init__(
         self,

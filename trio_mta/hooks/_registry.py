@@ -8,6 +8,7 @@ flight keep the module objects they started with.
 
 from __future__ import annotations
 
+import dis
 import importlib.util
 import inspect
 import itertools
@@ -46,6 +47,9 @@ class HookEntry:
     order: int
     sandbox: bool
     is_async: bool
+    # False when the call provably finishes in one step (a coroutine with no await in its
+    # code, run in-process): such calls need no deadline and no cancel scope.
+    may_block: bool = True
 
 
 @attrs.frozen
@@ -70,6 +74,21 @@ class PluginSet:
                 await plugin.shutdown()
             except Exception:
                 log.exception("plugin %s failed to shut down", plugin.name)
+
+
+# Opcodes through which a coroutine can give control back to the event loop.
+_SUSPENDING = frozenset(
+    {"GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "YIELD_VALUE", "SEND"}
+)
+
+
+def can_suspend(fn: Callable[..., object]) -> bool:
+    """Whether the coroutine function's own code contains a suspension point (an ``await``,
+    ``async for`` or ``async with``). Without one it cannot block, whatever it calls."""
+    code = getattr(inspect.unwrap(getattr(fn, "__func__", fn)), "__code__", None)
+    if code is None:
+        return True
+    return any(ins.opname in _SUSPENDING for ins in dis.get_instructions(code))
 
 
 def builtin_plugin_dir() -> Path:
@@ -226,6 +245,7 @@ def load_plugins(
                 order=next(order),
                 sandbox=sandbox == "process",
                 is_async=is_async,
+                may_block=sandbox == "process" or not is_async or can_suspend(fn),
             )
             if not is_async and not entry.sandbox:
                 log.info("plugin %s: %s is synchronous: it runs in a worker thread", name, attr)

@@ -15,10 +15,14 @@ whose OK overrides it (the chain then goes on). ``always_run`` hooks run every p
 results. Synchronous hook functions run in a worker thread (abandoned on timeout, as a thread
 cannot be cancelled); sandboxed ones go to the process pool, which kills the worker instead.
 
-The plugin and hook currently running are kept in a context variable so the loop watchdog can
-name whoever held the event loop. A hook that blocks and returns without a checkpoint finishes
-inside the very step it blocked, so the variable is already reset when the watchdog looks:
-``last_hook`` keeps (plugin, hook, finish time) of the task's last call for that case.
+Cost: a chain whose plugins all have no ``await`` in their hook code (judged from the bytecode
+when loading) cannot block, so it runs with no cancel scope and no deadline at all; each call is
+one coroutine stepped once. Otherwise one cancel scope serves the chain and a call's deadline is
+armed only when it first blocks (counting from then).
+
+The task's ``current_runner`` context variable leads the loop watchdog to this runner, whose
+``active`` and ``last`` entries name whoever held the event loop (a hook that blocks and returns
+without a checkpoint has already finished when the watchdog looks, hence ``last``).
 """
 
 from __future__ import annotations
@@ -42,11 +46,10 @@ from ._spec import HOOKS
 
 log = logging.getLogger("trio_mta.plugins")
 
-current_hook: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
-    "current_hook", default=None
-)
-last_hook: contextvars.ContextVar[tuple[str, str, float] | None] = contextvars.ContextVar(
-    "last_hook", default=None
+# The runner of the task's session, so the loop watchdog (which sees only the task) can ask
+# it which plugin call is running or finished last.
+current_runner: contextvars.ContextVar[HookRunner | None] = contextvars.ContextVar(
+    "current_runner", default=None
 )
 
 
@@ -113,6 +116,14 @@ class HookRunner:
         # client hanging up only then (it costs a task, so not for calls that never block).
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
+        # For the loop watchdog: the call in progress, and the last one with its end time.
+        self.active: HookEntry | None = None
+        self.last: HookEntry | None = None
+        self.last_finished = 0.0
+        # Per hook: whether some entry may block (then the chain needs a cancel scope).
+        self._blocking = {
+            hook: any(e.may_block for e in entries) for hook, entries in plugins.table.items()
+        }
 
     def has(self, hook: str) -> bool:
         return bool(self.plugins.table.get(hook))
@@ -139,6 +150,19 @@ class HookRunner:
         *,
         stop: bool,
     ) -> tuple[Result, str | None]:
+        if current_runner.get() is not self:
+            current_runner.set(self)
+        if not self._blocking[hook] and self.observe is None:
+            # Every call finishes in one step: no deadline can fire, so no scope is needed,
+            # and the calls run in a plain loop.
+            index = 0
+            while index < len(entries):
+                index, decided = self._run_now(entries, index, conn, args, stop)
+                if decided is None:
+                    break
+                if await self._decides(hook, entries[index - 1], conn, decided):
+                    return decided, entries[index - 1].plugin.name
+            return CONT, None
         # One cancel scope serves the whole chain; its deadline is armed only while a plugin
         # call is actually blocked (see _invoke). A timeout ends the scope, so the chain goes
         # on, if it does, in a fresh one.
@@ -151,7 +175,11 @@ class HookRunner:
                     if self._skipped(entry, conn):
                         continue
                     result = await self._call(entry, conn, args, scope)
-                    if stop and await self._decides(hook, entry, conn, result):
+                    if (
+                        stop
+                        and result.action is not Action.CONT
+                        and await self._decides(hook, entry, conn, result)
+                    ):
                         return result, entry.plugin.name
             if not scope.cancelled_caught:
                 break
@@ -160,15 +188,72 @@ class HookRunner:
                 return result, entries[index - 1].plugin.name
         return CONT, None
 
+    def _run_now(
+        self,
+        entries: tuple[HookEntry, ...],
+        index: int,
+        conn: Connection,
+        args: tuple[object, ...],
+        stop: bool,
+    ) -> tuple[int, Result | None]:
+        """Calls that cannot suspend, from ``index`` on, until one gives a verdict (when
+        ``stop``). Returns the index after it and the verdict, or None at the end."""
+        count = len(entries)
+        txn = conn.transaction
+        while index < count:
+            entry = entries[index]
+            index += 1
+            # Re-read every time: a plugin earlier in this very chain may add to the sets.
+            if (conn.skip_plugins and entry.plugin.name in conn.skip_plugins) or (
+                txn is not None and txn.skip_plugins and entry.plugin.name in txn.skip_plugins
+            ):
+                continue
+            self.active = entry
+            try:
+                coro = entry.fn(conn, *args)
+                try:
+                    coro.send(None)  # type: ignore[attr-defined]  # a coroutine
+                except StopIteration as done:
+                    value = done.value
+                else:
+                    coro.close()  # type: ignore[attr-defined]  # a coroutine
+                    raise RuntimeError("a hook judged unable to suspend did suspend")
+                if value is None:
+                    result = CONT
+                elif type(value) is Result:
+                    result = value
+                else:
+                    result = self._bad(entry, conn, value)
+            except Exception:
+                log.exception(
+                    "conn=%s plugin %s failed on %s", conn.id, entry.plugin.name, entry.hook
+                )
+                result = entry.on_error
+            self.active = None
+            self.last = entry
+            self.last_finished = time.perf_counter()
+            if stop and result.action is not Action.CONT:
+                return index, result
+        return index, None
+
+    @staticmethod
+    def _bad(entry: HookEntry, conn: Connection, value: object) -> Result:
+        log.error(
+            "conn=%s plugin %s on %s returned %s, not a Result",
+            conn.id,
+            entry.plugin.name,
+            entry.hook,
+            type(value).__name__,
+        )
+        return entry.on_error
+
     @staticmethod
     def _skipped(entry: HookEntry, conn: Connection) -> bool:
         # Looked up per entry: a plugin earlier in this very chain may add to the sets.
-        name = entry.plugin.name
+        if conn.skip_plugins and entry.plugin.name in conn.skip_plugins:
+            return True
         txn = conn.transaction
-        return bool(
-            (conn.skip_plugins and name in conn.skip_plugins)
-            or (txn is not None and txn.skip_plugins and name in txn.skip_plugins)
-        )
+        return bool(txn is not None and txn.skip_plugins and entry.plugin.name in txn.skip_plugins)
 
     async def _decides(self, hook: str, entry: HookEntry, conn: Connection, result: Result) -> bool:
         if result.action is Action.CONT:
@@ -200,16 +285,20 @@ class HookRunner:
         entry: HookEntry,
         conn: Connection,
         args: tuple[object, ...],
-        scope: trio.CancelScope,
+        scope: trio.CancelScope | None,
     ) -> Result:
-        token = current_hook.set((entry.plugin.name, entry.hook))
-        started = time.perf_counter()
+        observe = self.observe
+        started = time.perf_counter() if observe is not None else 0.0
         error: str | None = None
+        self.active = entry
         try:
-            value = await self._invoke(entry, conn, args, scope)
+            if scope is None:
+                value = self._invoke_now(entry, conn, args)
+            else:
+                value = await self._invoke(entry, conn, args, scope)
             if value is None:
                 result = CONT
-            elif isinstance(value, Result):
+            elif type(value) is Result:
                 result = value
             else:
                 error = f"returned {type(value).__name__}, not a Result"
@@ -222,16 +311,27 @@ class HookRunner:
             log.exception("conn=%s plugin %s failed on %s", conn.id, entry.plugin.name, entry.hook)
             result = entry.on_error
         finally:
-            current_hook.reset(token)
-            finished = time.perf_counter()
-            last_hook.set((entry.plugin.name, entry.hook, finished))
-        if self.observe is not None:
-            self.observe(
+            self.active = None
+            self.last = entry
+            self.last_finished = finished = time.perf_counter()
+        if observe is not None:
+            observe(
                 HookCall(
                     entry.hook, entry.plugin.name, result.action, finished - started, False, error
                 )
             )
         return result
+
+    @staticmethod
+    def _invoke_now(entry: HookEntry, conn: Connection, args: tuple[object, ...]) -> object:
+        """A call that cannot suspend: run its coroutine to the end right here."""
+        coro: Coroutine[object, object, object] = entry.fn(conn, *args)  # type: ignore[assignment]
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        coro.close()
+        raise RuntimeError("a hook judged unable to suspend did suspend")
 
     async def _invoke(
         self,
@@ -240,32 +340,32 @@ class HookRunner:
         args: tuple[object, ...],
         scope: trio.CancelScope,
     ) -> object:
-        start = trio.current_time()
         if entry.is_async and not entry.sandbox:
             # Step the plugin's coroutine once by hand: most calls finish without blocking,
             # and those need no deadline (a call that never yields cannot be cancelled
-            # anyway; the loop watchdog reports it). Only a call that blocks arms one.
+            # anyway; the loop watchdog reports it). Only a call that blocks arms one, from
+            # the moment it first blocks.
             coro: Coroutine[object, object, object] = entry.fn(conn, *args)  # type: ignore[assignment]
             try:
                 trap = coro.send(None)
             except StopIteration as stop:
                 return stop.value
-            scope.deadline = start + entry.timeout
-            self._blocking(True)
+            scope.deadline = trio.current_time() + entry.timeout
+            self._blocking_changed(True)
             try:
                 return await _finish(coro, trap)
             finally:
                 scope.deadline = math.inf
-                self._blocking(False)
-        scope.deadline = start + entry.timeout
-        self._blocking(True)
+                self._blocking_changed(False)
+        scope.deadline = trio.current_time() + entry.timeout
+        self._blocking_changed(True)
         try:
             return await self._invoke_elsewhere(entry, conn, args)
         finally:
             scope.deadline = math.inf
-            self._blocking(False)
+            self._blocking_changed(False)
 
-    def _blocking(self, blocked: bool) -> None:
+    def _blocking_changed(self, blocked: bool) -> None:
         callback = self.on_block if blocked else self.on_unblock
         if callback is not None:
             callback()

@@ -61,6 +61,16 @@ HOOKS: dict[str, HookSpec] = {
         HookSpec("helo", replies=_POLICY),
         HookSpec("ehlo", replies=_POLICY),
         HookSpec("capabilities", always_run=True),
+        HookSpec(
+            "auth",
+            replies={
+                **_denials(
+                    (535, "5.7.8", "Authentication credentials invalid"),
+                    (454, "4.7.0", "Temporary authentication failure"),
+                ),
+                Action.OK: (235, "2.7.0", "Authentication successful"),
+            },
+        ),
         HookSpec("mail", replies={**_POLICY, Action.OK: (250, "2.1.0", "Sender OK")}),
         HookSpec(
             "rcpt",

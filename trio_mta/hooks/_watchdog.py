@@ -10,8 +10,8 @@ one comparison, no allocation beyond the interpreter's float free list. Only a s
 more: it reads the runner's context variables from ``task.context`` (the step ran in the
 task's context, the instrument does not) and calls ``report``.
 
-Attribution: ``current_hook`` names the hook still running at the end of the step; failing
-that, ``last_hook`` names a hook that finished during the step (a hook that blocks and returns
+Attribution: the task's ``current_runner`` names the hook still running at the end of the
+step; failing that, the hook that finished last during the step (a hook that blocks and returns
 without a checkpoint finishes in the same step). If several hooks finished within one slow
 step, the last one is named. A step with neither is reported without a plugin.
 
@@ -30,7 +30,7 @@ from time import perf_counter
 import attrs
 import trio
 
-from ._runner import current_hook, last_hook
+from ._runner import current_runner
 
 log = logging.getLogger("trio_mta.watchdog")
 
@@ -87,13 +87,13 @@ class LoopWatchdog(trio.abc.Instrument):
         started = self._deadline - self.threshold
         context = task.context
         plugin = hook = None
-        running = context.get(current_hook)
-        if running is not None:
-            plugin, hook = running
-        else:
-            finished = context.get(last_hook)
-            if finished is not None and finished[2] >= started:
-                plugin, hook = finished[0], finished[1]
+        runner = context.get(current_runner)
+        if runner is not None:
+            entry = runner.active
+            if entry is None and runner.last is not None and runner.last_finished >= started:
+                entry = runner.last
+            if entry is not None:
+                plugin, hook = entry.plugin.name, entry.hook
         try:
             self.report(SlowStep(now - started, task.name, plugin, hook))
         except Exception:

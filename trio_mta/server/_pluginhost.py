@@ -20,10 +20,6 @@ from ._session import Session
 log = logging.getLogger("trio_mta.plugins")
 
 
-def _ignore(call: HookCall) -> None:
-    return None
-
-
 class _CountedHandler(HookHandler):
     def __init__(self, runner: HookRunner, spill_dir: Path | None, done: Callable[[], None]):
         super().__init__(runner, spill_dir=spill_dir)
@@ -43,7 +39,7 @@ class PluginHost:
         *,
         sandbox: Sandbox | None = None,
         spill_dir: Path | None = None,
-        observe: Callable[[HookCall], None] = _ignore,
+        observe: Callable[[HookCall], None] | None = None,
     ) -> None:
         self.current = plugins
         self.sandbox = sandbox
