@@ -97,6 +97,7 @@ class MaildirStore:
         self.root = root
         self.hostname = hostname.replace("/", "_").replace(":", "_")
         self.fsync = fsync
+        self.pid = os.getpid()
         self._ready: set[Path] = set()
 
     def mailbox(self, domain: str, local_part: str) -> Path:
@@ -162,7 +163,7 @@ class MaildirStore:
             self._ensure(box)
         now = time.time()
         name = (
-            f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}"
+            f"{int(now)}.M{int(now * 1e6) % 1000000}P{self.pid}"
             f"Q{delivery.message_id}.{self.hostname}"
         )
         tmp = boxes[0] / "tmp" / name
@@ -181,12 +182,16 @@ class MaildirStore:
 
     @staticmethod
     def _place(item: _Staged) -> list[Path]:
+        if len(item.boxes) == 1:
+            target = item.boxes[0] / "new" / item.name
+            try:
+                os.rename(item.tmp, target)
+            except BaseException:
+                item.tmp.unlink(missing_ok=True)
+                raise
+            return [target]
         placed: list[Path] = []
         try:
-            if len(item.boxes) == 1:
-                target = item.boxes[0] / "new" / item.name
-                os.rename(item.tmp, target)
-                return [target]
             for box in item.boxes:
                 target = box / "new" / item.name
                 os.link(item.tmp, target)
