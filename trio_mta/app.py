@@ -18,7 +18,7 @@ import trio
 
 from .config import Config, ConfigError, load_config
 from .hooks import PluginEnv, PluginLoadError, PluginSet, ProcessSandbox, load_plugins, watch_loop
-from .server import BoundListener, PluginHost, SMTPServer
+from .server import BoundListener, PluginHost, SMTPServer, TlsProvider
 
 log = logging.getLogger("trio_mta")
 
@@ -71,11 +71,13 @@ async def run(
 
     Raises:
         PluginLoadError: a configured plugin cannot be loaded (nothing is listening yet).
+        TlsSetupError: a certificate cannot be loaded or generated (nothing is listening yet).
     """
     config.server.var_dir.mkdir(parents=True, exist_ok=True)
     spill_dir = config.server.var_dir / "tmp"
     spill_dir.mkdir(exist_ok=True)
     plugins = load_plugin_set(config)
+    tls = TlsProvider.from_config(config)  # may generate the first-run certificate
     with (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
         watch_loop(config.plugins.watchdog_ms / 1000),
@@ -89,7 +91,7 @@ async def run(
             # Plugins finish their async start-up before the first client is accepted.
             await plugins.startup()
             await services.start(host.serve)
-            server = SMTPServer(config, host.handler)
+            server = SMTPServer(config, host.handler, tls=tls)
             bound: list[BoundListener] = await services.start(server.serve)
             for b in bound:
                 log.info("listening name=%s address=%s:%d", b.name, b.host, b.port)
@@ -98,7 +100,7 @@ async def run(
             task_status.started(bound)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await _reload(config, host)
+                    await _reload(config, host, tls)
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)
                 server.request_shutdown()
@@ -108,7 +110,7 @@ async def run(
     log.info("stopped")
 
 
-async def _reload(config: Config, host: PluginHost) -> None:
+async def _reload(config: Config, host: PluginHost, tls: TlsProvider | None = None) -> None:
     """Re-read the configuration and re-import the plugins. Listener, limit, timeout and
     state-directory changes need a restart; the plugin set and plugin settings change at once.
     A broken new configuration or plugin is reported and the running set stays."""
@@ -117,6 +119,9 @@ async def _reload(config: Config, host: PluginHost) -> None:
         # The plugins keep the running state directory: it may come from the command line
         # (--var-dir), which the file knows nothing about.
         server = attrs.evolve(new_config.server, var_dir=config.server.var_dir)
+        # Certificates (checked by the loader) are renewed even if a plugin then fails.
+        if tls is not None:
+            tls.reload(attrs.evolve(new_config, server=server))
         plugins = load_plugin_set(attrs.evolve(new_config, server=server))
     except (ConfigError, PluginLoadError) as exc:
         log.error("reload refused, keeping the running configuration and plugins:\n%s", exc)

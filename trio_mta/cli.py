@@ -1,9 +1,12 @@
-"""The ``trio-mta`` command: ``run`` the daemon, ``check`` a configuration."""
+"""The ``trio-mta`` command: ``run`` the daemon, ``check`` a configuration, ``passwd`` a user."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import attrs
@@ -11,8 +14,8 @@ import trio
 
 from . import __version__, app
 from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
-from .hooks import PluginLoadError
-from .server import BoundListener
+from .hooks import PluginLoadError, check_username, hash_password, parse_users, update_users
+from .server import BoundListener, TlsSetupError
 
 
 def _config_dir(value: str | None) -> Path | None:
@@ -55,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     app.setup_logging(config)
     try:
         trio.run(lambda: app.run(config, on_ready=_print_ready))
-    except PluginLoadError as exc:
+    except (PluginLoadError, TlsSetupError) as exc:
         print(f"trio-mta: {exc}", file=sys.stderr)
         return 1
     except (OSError, ExceptionGroup) as exc:
@@ -92,6 +95,76 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users_file(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    config_dir = _config_dir(args.config) or Path("conf")
+    config = load_config(config_dir)
+    name = config.plugin_configs.get("auth_flat_file", {}).get("users_file", "auth_users")
+    return config_dir / str(name)
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():  # a script: one line on stdin
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename), keeping its mode
+    (0600 for a new file: the hashes are not for everyone to attack offline)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o600
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    try:
+        check_username(args.user)
+        path = _users_file(args)
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        users = parse_users(text)
+        if args.delete:
+            if args.user not in users:
+                raise ValueError(f"no user {args.user!r} in {path}")
+            encoded = None
+        else:
+            password = _read_password()
+            if not password:
+                raise ValueError("empty password")
+            encoded = hash_password(password)
+        _replace_file(path, update_users(text, args.user, encoded))
+    except ConfigError as exc:
+        print(f"trio-mta: invalid configuration (use --file):\n{exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"trio-mta: {exc}", file=sys.stderr)
+        return 1
+    verb = "removed from" if args.delete else "updated in" if args.user in users else "added to"
+    print(f"user {args.user} {verb} {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trio-mta", description="A plugin-oriented MTA on Trio.")
     parser.add_argument("--version", action="version", version=f"trio-mta {__version__}")
@@ -109,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the configuration and report every error")
     check.add_argument("--config", metavar="DIR", help="configuration directory (default: ./conf)")
     check.set_defaults(func=cmd_check)
+    passwd = sub.add_parser(
+        "passwd",
+        help="set a user's password in the auth_flat_file users file (read from the terminal,"
+        " or one line on stdin)",
+    )
+    passwd.add_argument("user", metavar="USER")
+    passwd.add_argument(
+        "--file", metavar="F", help="users file (default: auth_flat_file's users_file)"
+    )
+    passwd.add_argument("--config", metavar="DIR", help="configuration directory (default: ./conf)")
+    passwd.add_argument("--delete", action="store_true", help="remove the user instead")
+    passwd.set_defaults(func=cmd_passwd)
     return parser
 
 

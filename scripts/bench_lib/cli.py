@@ -36,6 +36,7 @@ from .servers import (
     start_trio,
     write_trio_config,
 )
+from .tls import add_tls_arguments, tls_main
 
 DISCARD, MAILDIR, AIOSMTPD = "trio-discard", "trio-maildir", "aiosmtpd"
 SERVERS = (DISCARD, MAILDIR, AIOSMTPD)
@@ -87,7 +88,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where the Maildir var dir goes; must be a real disk (default /var/tmp)",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    add_tls_arguments(p)
     args = p.parse_args(argv)
+    args.tls_seconds = args.seconds or 3.0
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.seconds = args.seconds or (1.0 if args.quick else 4.0)
     if args.idle is None:
@@ -308,6 +311,8 @@ def preamble(args: argparse.Namespace, nofile: tuple[int, int]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     nofile = raise_nofile()
+    if args.tls:
+        return tls_main(args, preamble(args, nofile))
     if not (REPO / ".tools" / "postfix" / "usr" / "sbin" / "smtp-source").exists():
         progress("bench: smtp-source missing; run `make tools` first")
         return 127

@@ -97,6 +97,7 @@ class Server:
         self.host = "127.0.0.1"
         self.port = 0
         self.var_dir: Path | None = None
+        self.ready_line = ""
         try:
             self._wait_ready(30.0)
         except BaseException:
@@ -123,6 +124,7 @@ class Server:
                         f"{self.name} exited ({self.proc.returncode}) before ready:\n    {tail}"
                     )
                 buf += chunk
+        self.ready_line = buf.split(b"\n", 1)[0].decode("utf-8", "replace")
         match = _READY.search(buf)
         if match is None:
             raise RuntimeError(f"{self.name}: unexpected first line {buf!r}")

@@ -19,6 +19,7 @@ SHIPPED_CONF = Path(__file__).resolve().parents[2] / "conf"
 def test_public_surface_is_curated() -> None:
     public = {name for name in dir(trio_mta.config) if not name.startswith("_")}
     assert public == {
+        "AuthConfig",
         "BareLineEndings",
         "CONFIG_FILE_NAME",
         "Config",
@@ -32,6 +33,12 @@ def test_public_surface_is_curated() -> None:
         "PluginsConfig",
         "ServerConfig",
         "Timeouts",
+        "CertFiles",
+        "TlsConfig",
+        "TlsFiles",
+        "TlsVersion",
+        "certificate_files",
+        "pair_problem",
         "format_listen",
         "load_config",
         "parse_listen",
@@ -42,9 +49,13 @@ def test_no_config_dir_gives_embedded_defaults() -> None:
     config = load_config(None)
     assert config == Config()
     assert config.config_dir is None
-    assert config.listeners == (
-        ListenerConfig(name="mx", host="127.0.0.1", port=2525, kind=ListenerKind.MX),
-    )
+    assert [(x.name, x.host, x.port, x.kind) for x in config.listeners] == [
+        ("mx", "127.0.0.1", 2525, ListenerKind.MX),
+        ("submission", "127.0.0.1", 5587, ListenerKind.SUBMISSION),
+        ("smtps", "127.0.0.1", 5465, ListenerKind.SMTPS),
+    ]
+    assert config.tls.enabled
+    assert config.tls.generate_self_signed
     assert config.server.local_domains == ("localhost", "example.test")
     assert config.limits.max_message_size == 35 * 1024 * 1024
     assert config.timeouts.command == 300.0
@@ -81,7 +92,11 @@ def test_shipped_conf_spells_out_every_key() -> None:
     for name in sections:
         section = getattr(defaults, name)
         assert set(document[name]) == set(attrs.fields_dict(type(section))), name
-    assert [set(table) for table in document["listener"]] == [{"name", "listen", "kind"}]
+    # The first listener shows every key; the others only what they change.
+    every = {"name", "listen", "kind", "auth", "auth_allow_plaintext"}
+    first, *others = [set(table) for table in document["listener"]]
+    assert first == every
+    assert others == [{"name", "listen", "kind"}] * 2
 
 
 def test_partial_file_overrides_only_what_it_names(tmp_path: Path) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import attrs
 
-from ._schema import Config, ListenerConfig, listener_conflicts, parse_listen
+from ._schema import Config, ListenerConfig, TlsConfig, listener_conflicts, parse_listen
+from ._tlsfiles import tls_problems
 
 CONFIG_FILE_NAME = "trio-mta.toml"
 
-_SECTIONS = ("server", "timeouts", "limits", "data", "log", "plugins")
+_SECTIONS = ("server", "timeouts", "limits", "data", "log", "plugins", "tls", "auth")
 PLUGIN_CONFIG_DIR = "plugins"
 _LISTENER = "listener"
 
@@ -117,6 +118,12 @@ def _config_from_document(
         else:
             issues.add(key, "unknown section" + _suggest(key, (*_SECTIONS, _LISTENER)))
     changes["plugin_configs"] = _load_plugin_configs(config_dir / PLUGIN_CONFIG_DIR, issues)
+    # The certificate files are checked even when other keys are wrong: one pass shows all.
+    tls = changes.get("tls", defaults.tls)
+    listeners = changes.get("listeners", defaults.listeners)
+    if isinstance(tls, TlsConfig) and isinstance(listeners, tuple):
+        for key, why in tls_problems(tls, listeners, config_dir):
+            issues.add(key, why)
     if issues.found:
         raise ConfigError(issues.found)
     return _evolve(defaults, {**changes, "config_dir": config_dir})

@@ -15,6 +15,7 @@ import enum
 import ipaddress
 import math
 import re
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -43,6 +44,11 @@ class ListenerKind(enum.Enum):
 class BareLineEndings(enum.Enum):
     REJECT = "reject"
     NORMALIZE = "normalize"
+
+
+class TlsVersion(enum.Enum):
+    TLSv1_2 = "TLSv1.2"
+    TLSv1_3 = "TLSv1.3"
 
 
 def _at_least(minimum: int) -> _IntCheck:
@@ -180,6 +186,10 @@ class ListenerConfig:
     host: str = attrs.field(converter=normalize_listen_host)
     port: int = attrs.field(validator=_between(0, 65535))  # 0: any free port (tests)
     kind: ListenerKind = ListenerKind.MX
+    # SMTP AUTH (RFC 4954) on this listener, when an auth plugin is loaded; only over TLS
+    # unless auth_allow_plaintext. Submission and smtps listeners require it before MAIL.
+    auth: bool = True
+    auth_allow_plaintext: bool = False
 
     @property
     def listen(self) -> str:
@@ -195,8 +205,9 @@ def listener_conflicts(listeners: Sequence[ListenerConfig]) -> list[tuple[int, s
         first = by_name.setdefault(listener.name, listener)
         if first is not listener:
             conflicts.append((position, "name", f"duplicate listener name {listener.name!r}"))
+        # Port 0 asks the kernel for any free port: several such listeners never clash.
         first = by_address.setdefault((listener.host, listener.port), listener)
-        if first is not listener:
+        if first is not listener and listener.port != 0:
             why = f"{listener.listen} is already used by listener {first.name!r}"
             conflicts.append((position, "listen", why))
     return conflicts
@@ -284,8 +295,59 @@ class PluginsConfig:
     cleanup_timeout: float = attrs.field(default=5.0, validator=_seconds())
 
 
+def _check_ciphers(_inst: object, _attr: object, value: str) -> None:
+    if value:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
+        except ssl.SSLError:
+            raise ValueError(f"{value!r} selects no cipher this OpenSSL knows") from None
+
+
+@attrs.frozen
+class TlsConfig:
+    """Certificates and protocol floor for STARTTLS and implicit TLS.
+
+    Paths are strings, empty meaning "none" (TOML has no null); relative ones are relative to
+    the config directory. Whether the files load is checked by the loader (``_tlsfiles``).
+    """
+
+    cert: str = ""
+    key: str = ""  # empty: the private key is in the cert file
+    cert_dir: str = ""  # SNI: <hostname>.pem (+ .key), _wildcard.<domain>.pem for *.<domain>
+    min_version: TlsVersion = TlsVersion.TLSv1_2
+    ciphers: str = attrs.field(default="", validator=_check_ciphers)  # TLS <= 1.2 only
+    generate_self_signed: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a default certificate (configured, or generated on first run)."""
+        return bool(self.cert) or self.generate_self_signed
+
+
+@attrs.frozen
+class AuthConfig:
+    """SMTP AUTH policy: the sender constraint and the per-IP failure limit."""
+
+    # MAIL FROM must belong to the authenticated user (Postfix's reject_sender_login_mismatch).
+    constrain_sender: bool = True
+    # Failed attempts from one IP (IPv6: one /64) within failure_window: the next failure
+    # closes the connection with 421 and AUTH is refused (421) until the window passes.
+    max_failures: int = attrs.field(default=10, validator=_at_least(1))
+    failure_window: float = attrs.field(default=3600.0, validator=_seconds())
+    # The first failure is answered at once, the second after failure_delay, each next one
+    # after twice the previous delay, at most max_failure_delay.
+    failure_delay: float = attrs.field(default=1.0, validator=_seconds(zero_ok=True))
+    max_failure_delay: float = attrs.field(default=30.0, validator=_seconds(zero_ok=True))
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
-    return (ListenerConfig(name="mx", host="127.0.0.1", port=2525),)
+    return (
+        ListenerConfig(name="mx", host="127.0.0.1", port=2525),
+        ListenerConfig(
+            name="submission", host="127.0.0.1", port=5587, kind=ListenerKind.SUBMISSION
+        ),
+        ListenerConfig(name="smtps", host="127.0.0.1", port=5465, kind=ListenerKind.SMTPS),
+    )
 
 
 @attrs.frozen
@@ -301,6 +363,8 @@ class Config:
     data: DataConfig = DataConfig()
     log: LogConfig = LogConfig()
     plugins: PluginsConfig = PluginsConfig()
+    auth: AuthConfig = AuthConfig()
+    tls: TlsConfig = TlsConfig()
     # conf/plugins/<name>.toml, one table per plugin, as read (each plugin validates its own).
     plugin_configs: dict[str, dict[str, object]] = attrs.field(factory=dict, hash=False)
     # Where the tree was loaded from, so reload and relative plugin paths know where to look.

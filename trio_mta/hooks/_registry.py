@@ -9,6 +9,7 @@ flight keep the module objects they started with.
 from __future__ import annotations
 
 import dis
+import functools
 import importlib.util
 import inspect
 import itertools
@@ -52,7 +53,7 @@ class HookEntry:
     may_block: bool = True
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # slots=False: cached_property needs an instance __dict__
 class PluginSet:
     """One generation of loaded plugins: what a connection runs with from start to end."""
 
@@ -60,6 +61,11 @@ class PluginSet:
     table: Mapping[str, tuple[HookEntry, ...]]
     generation: int
     sources: Mapping[str, Path] = attrs.field(factory=dict)
+
+    @functools.cached_property
+    def blocking(self) -> Mapping[str, bool]:
+        """Per hook: whether some entry may block (then its chain needs a cancel scope)."""
+        return {hook: any(e.may_block for e in entries) for hook, entries in self.table.items()}
 
     def entries(self, hook: str) -> tuple[HookEntry, ...]:
         return self.table.get(hook, ())

@@ -121,9 +121,7 @@ class HookRunner:
         self.last: HookEntry | None = None
         self.last_finished = 0.0
         # Per hook: whether some entry may block (then the chain needs a cancel scope).
-        self._blocking = {
-            hook: any(e.may_block for e in entries) for hook, entries in plugins.table.items()
-        }
+        self._blocking = plugins.blocking
 
     def has(self, hook: str) -> bool:
         return bool(self.plugins.table.get(hook))

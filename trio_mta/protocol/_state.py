@@ -24,7 +24,8 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-IN_TRANSACTION = frozenset({State.MAIL, State.RCPT, State.DATA, State.BDAT})
+# A tuple, not a set: membership by identity avoids Enum's Python-level __hash__ (hot path).
+IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
 class BareLineEndingPolicy(enum.Enum):

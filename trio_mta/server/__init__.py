@@ -10,6 +10,8 @@ from ._pluginhost import PluginHost as PluginHost
 from ._session import IdGenerator as IdGenerator
 from ._session import Session as Session
 from ._session import Transaction as Transaction
+from ._tls import TlsProvider as TlsProvider
+from ._tls import TlsSetupError as TlsSetupError
 from ._transport import SocketTransport as SocketTransport
 from ._transport import StreamTransport as StreamTransport
 from ._transport import Transport as Transport

@@ -57,9 +57,11 @@ from ..protocol import (
     reply,
 )
 from ..protocol import replies as R
+from ._auth import AuthFailures, ConnectionAuth
 from ._handler import SessionHandler
 from ._received import received_header
 from ._session import IdGenerator, Session, Transaction
+from ._tls import TlsHandshakeError, TlsProvider, close_tls, handshake
 from ._transport import Transport
 
 log = logging.getLogger("trio_mta.smtp")
@@ -67,6 +69,7 @@ txlog = logging.getLogger("trio_mta.transaction")
 
 FINAL_WRITE = 2.0  # seconds allowed for a last 421 to a client that may not be reading
 NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
+TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")  # RFC 3207 §4
 
 
 class Phase:
@@ -75,6 +78,7 @@ class Phase:
     DATA = "data"
     DATA_TOTAL = "data total"
     SESSION = "session"
+    TLS = "tls handshake"
 
 
 class ConnectionDriver:
@@ -89,6 +93,9 @@ class ConnectionDriver:
         *,
         is_closing: trio.Event,
         nursery: trio.Nursery | None = None,
+        tls: TlsProvider | None = None,
+        implicit_tls: bool = False,
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         self.transport = transport
         self.nursery = nursery
@@ -103,6 +110,10 @@ class ConnectionDriver:
         self.handler = handler
         self.ids = ids
         self.conn = conn
+        # Failed AUTH attempts are counted per server (across connections) when it passes
+        # its tracker; a driver on its own counts only its own.
+        failures = AuthFailures(config.auth) if auth_failures is None else auth_failures
+        self.auth = ConnectionAuth(session, config, handler, failures, conn)
         self.closing = is_closing
         self.scope = trio.CancelScope()
         self.idle = False
@@ -119,6 +130,9 @@ class ConnectionDriver:
         self._seen_command = False
         # A refusal of the first BDAT chunk is answered at the chunk's end (RFC 3030 §3).
         self._bdat_refusal: Reply | None = None
+        self.tls = tls  # None: STARTTLS is not offered (454)
+        self._implicit_tls = implicit_tls
+        self._handshaking = False
 
     # -- deadlines ------------------------------------------------------------------------------
 
@@ -200,6 +214,10 @@ class ConnectionDriver:
                     await self._final(
                         R.reply(421, "4.4.2", self._text(f"Timeout ({self.phase}), closing"))
                     )
+            if self.session.tls_version is not None and not self.hung_up:
+                # close_notify after the last reply: the client sees a clean end of TLS.
+                with trio.move_on_after(FINAL_WRITE):
+                    await close_tls(self.transport)
         except trio.Cancelled:
             self.close_reason = "shutdown"
             with trio.CancelScope(shield=True):
@@ -219,6 +237,8 @@ class ConnectionDriver:
         return f"{self.config.server.hostname} {text}"
 
     async def _final(self, last: Reply) -> None:
+        if self._handshaking:  # the client expects TLS records now, not a reply
+            return
         self.out.append(self.conn.send(last))
         with trio.move_on_after(FINAL_WRITE):
             await self._flush()
@@ -261,6 +281,8 @@ class ConnectionDriver:
         return True
 
     async def _serve(self) -> None:
+        if self._implicit_tls and not await self._start_tls():
+            return
         if not await self._greet():
             return
         conn = self.conn
@@ -306,10 +328,54 @@ class ConnectionDriver:
                     await self._final(R.reply(421, "4.7.0", self._text("Too many errors")))
                     return
             self.out.append(conn.send(answer))
+            if conn.state is State.TLS_PENDING and not await self._start_tls():
+                return
             if isinstance(ev, Quit) or answer.code == 421 or self.session.close_requested:
                 self.close_reason = "quit" if isinstance(ev, Quit) else f"closed by {answer}"
                 await self._flush()
                 return
+
+    # -- TLS ------------------------------------------------------------------------------------
+
+    async def _start_tls(self) -> bool:
+        """After STARTTLS's 220 (or at once, for implicit TLS): forget the plaintext session,
+        drop whatever the client pipelined behind STARTTLS unread, and shake hands under the
+        tls_handshake deadline. False: the connection is to be closed (already logged)."""
+        session = self.session
+        assert self.tls is not None
+        if self.conn.state is State.TLS_PENDING:
+            if session.transaction is not None:
+                await self._end_transaction("reset", None)
+            await self._flush()
+            if self.close_reason == "send failed":
+                return False
+            injected = self.conn.start_tls()
+            if injected:
+                # Never parsed, never logged verbatim (it may hold credentials): CVE-2011-0411.
+                log.warning(
+                    "conn=%s ip=%s discarded %d bytes of plaintext pipelined after STARTTLS",
+                    session.id,
+                    session.client_ip,
+                    len(injected),
+                )
+            # RFC 3207 §4.2: nothing the client said before TLS counts any more.
+            session.helo, session.extended, session.auth_user = None, False, None
+        self._handshaking = True
+        self.phase = Phase.TLS
+        self.scope.deadline = min(
+            trio.current_time() + self.config.timeouts.tls_handshake, self._session_deadline
+        )
+        try:
+            self.transport, session.tls_version, session.tls_cipher = await handshake(
+                self.transport, self.tls.context
+            )
+        except TlsHandshakeError as exc:
+            self.close_reason = "tls handshake failed"
+            log.info("conn=%s ip=%s TLS handshake failed: %s", session.id, session.client_ip, exc)
+            return False
+        self._handshaking = False
+        log.debug("conn=%s tls=%s cipher=%s", session.id, session.tls_version, session.tls_cipher)
+        return True
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -354,6 +420,12 @@ class ConnectionDriver:
             return R.EXPN_DISABLED
         if isinstance(ev, Help):
             return R.HELP
+        if isinstance(ev, Auth):
+            return await self.auth.start(ev)
+        if isinstance(ev, AuthResponse):
+            return await self.auth.respond(ev)
+        if isinstance(ev, StartTLS):
+            return R.READY_TLS if self.tls is not None else TLS_UNAVAILABLE
         if isinstance(ev, StartTLS | Auth | AuthResponse):
             return NOT_IMPLEMENTED
         raise AssertionError(f"unhandled event {ev!r}")
@@ -368,6 +440,9 @@ class ConnectionDriver:
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
         ]
+        if self.tls is not None and not self.conn.tls:
+            lines.append("STARTTLS")
+        lines.extend(self.auth.ehlo_keywords())
         lines.extend(await self.handler.capabilities(self.session))
         return lines
 
@@ -390,7 +465,8 @@ class ConnectionDriver:
         session.transaction = Transaction(
             id=self.ids(), sender=ev.sender, mail_params=ev.params, started=time.monotonic()
         )
-        answer = await self.handler.mail(session, ev)
+        refusal = self.auth.mail_refusal(ev.sender)  # submission policy, sender ownership
+        answer = refusal if refusal is not None else await self.handler.mail(session, ev)
         if answer.code >= 400:
             self._log_transaction("refused", str(answer))
             session.transaction = None

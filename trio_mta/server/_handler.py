@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from ..hooks import Credentials
 from ..protocol import Helo, MailFrom, RcptTo, Reply, Unrecognized
 from ._session import Session
 
@@ -25,6 +26,15 @@ class SessionHandler(Protocol):
 
     async def helo(self, session: Session, event: Helo) -> Reply | None:
         """None accepts with the engine's own HELO/EHLO reply."""
+        ...
+
+    def auth_mechanisms(self, session: Session) -> frozenset[str]:
+        """The SASL mechanisms the verifier can check; empty: AUTH is not available."""
+        ...
+
+    async def auth(self, session: Session, credentials: Credentials) -> Reply:
+        """Verify credentials: 235 accepts, 5xx refuses (counted as a failure), 4xx is a
+        temporary failure. The server, not the handler, then marks the session."""
         ...
 
     async def mail(self, session: Session, event: MailFrom) -> Reply: ...

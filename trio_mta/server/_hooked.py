@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..hooks import Action, Connection, HookRunner, Message, Result, reply_for
+from ..hooks import Action, Connection, Credentials, HookRunner, Message, Result, reply_for
 from ..protocol import Helo, MailFrom, RcptTo, Reply, Unrecognized, reply
 from ..protocol import replies as R
 
 RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
 NOT_QUEUED = reply(451, "4.3.0", "Queueing declined or disabled, try again later")
+AUTH_OK = reply(235, "2.7.0", "Authentication successful")
+AUTH_UNAVAILABLE = reply(454, "4.7.0", "Temporary authentication failure")
 
 
 class HookHandler:
@@ -53,6 +55,24 @@ class HookHandler:
         if result.action.is_denial:
             return self._verdict(conn, hook, result)
         return None
+
+    def auth_mechanisms(self, conn: Connection) -> frozenset[str]:
+        entries = self.runner.plugins.table.get("auth", ())
+        if not entries:
+            return frozenset()
+        return frozenset.intersection(*(frozenset(e.plugin.auth_mechanisms) for e in entries))
+
+    async def auth(self, conn: Connection, credentials: Credentials) -> Reply:
+        """OK accepts (always 235, which is what authenticates); a soft refusal, a timeout or a
+        plugin error is 454 4.7.0 (RFC 4954); a hard one, or nobody's OK, 535 5.7.8."""
+        result, _ = await self.runner.run("auth", conn, credentials)
+        if result.action is Action.OK:
+            return AUTH_OK
+        if result.action.disconnects:
+            conn.close_requested = True
+        if result.action in (Action.DENYSOFT, Action.DENYSOFTDISCONNECT):
+            return Reply(454, "4.7.0", result.message or AUTH_UNAVAILABLE.text)
+        return reply_for("auth", result if result.action.is_denial else Result(Action.DENY))
 
     async def mail(self, conn: Connection, event: MailFrom) -> Reply:
         result, _ = await self.runner.run("mail", conn, event.sender, event.params)

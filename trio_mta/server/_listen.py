@@ -29,11 +29,13 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from ..config import BareLineEndings, Config, ListenerConfig
+from ..config import BareLineEndings, Config, ListenerConfig, ListenerKind
 from ..protocol import BareLineEndingPolicy, ProtocolLimits, ServerConnection
+from ._auth import AuthFailures
 from ._driver import ConnectionDriver
 from ._handler import SessionHandler
 from ._session import IdGenerator, Session
+from ._tls import TlsProvider
 from ._transport import SocketTransport
 
 log = logging.getLogger("trio_mta.server")
@@ -97,13 +99,16 @@ class SMTPServer:
         handler_factory: Callable[[], SessionHandler],
         *,
         ids: IdGenerator | None = None,
+        tls: TlsProvider | None = None,
     ) -> None:
         self.config = config
+        self.tls = tls  # None: no STARTTLS, and no smtps listener may exist
         self.handler_factory = handler_factory
         self.ids = ids or IdGenerator()
         self.closing = trio.Event()
         self.stopped = trio.Event()
         self.limits = protocol_limits(config)
+        self.auth_failures = AuthFailures(config.auth)  # failed AUTH per client, all listeners
         self.drivers: set[ConnectionDriver] = set()
         self.per_ip: dict[str, int] = {}
         self.active = 0
@@ -117,6 +122,9 @@ class SMTPServer:
     async def serve(self, *, task_status: trio.TaskStatus[list[BoundListener]]) -> None:
         """Listen until ``request_shutdown``, then drain. Reports the bound addresses."""
         bound: list[BoundListener] = []
+        for listener in self.config.listeners:
+            if listener.kind is ListenerKind.SMTPS and self.tls is None:
+                raise ValueError(f"listener {listener.name!r} is implicit TLS, but TLS is off")
         for listener in self.config.listeners:
             sock = bind_listener(listener)
             self._sockets.append(sock)
@@ -208,6 +216,7 @@ class SMTPServer:
         nursery: trio.Nursery,
     ) -> None:
         transport = SocketTransport(client)
+        implicit_tls = listener.kind is ListenerKind.SMTPS
         try:
             local = client.getsockname()
         except OSError:
@@ -227,9 +236,12 @@ class SMTPServer:
             self.config,
             self.handler_factory(),
             self.ids,
-            ServerConnection(self.limits),
+            ServerConnection(self.limits, tls=implicit_tls),
             is_closing=self.closing,
             nursery=nursery,
+            tls=self.tls,
+            implicit_tls=implicit_tls,
+            auth_failures=self.auth_failures,
         )
         self.drivers.add(driver)
         try:
