@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import socket
@@ -93,8 +94,11 @@ async def test_run_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert result.stdout == b""
     assert b"trio-mta: " in result.stderr
     assert b"in use" in result.stderr
-    # One line naming the listener that could not bind, not a traceback.
-    assert result.stderr.decode().splitlines() == [
+    # One line naming the listener that could not bind, not a traceback (start-up log lines,
+    # such as the first-run TLS certificate's, come before it).
+    lines = result.stderr.decode().splitlines()
+    assert "Traceback (most recent call last):" not in lines
+    assert [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d ", line)] == [
         f"trio-mta: [Errno 98] listener 'mx' on 127.0.0.1:{port}: Address already in use"
     ]
 
