@@ -16,9 +16,28 @@ from pathlib import Path
 import attrs
 import trio
 
+from .admin import AdminServer, Metrics
 from .config import Config, ConfigError, load_config
-from .hooks import PluginEnv, PluginLoadError, PluginSet, ProcessSandbox, load_plugins, watch_loop
-from .server import BoundListener, PluginHost, SMTPServer, TlsProvider
+from .events import EventBus
+from .hooks import (
+    HookRunner,
+    PluginEnv,
+    PluginLoadError,
+    PluginSet,
+    ProcessSandbox,
+    load_plugins,
+    watch_loop,
+)
+from .queue import QueueService
+from .resolver import DNSResolver, parse_nameserver
+from .server import (
+    BoundListener,
+    PluginHost,
+    SMTPServer,
+    TlsProvider,
+    plugin_observer,
+    slow_step_reporter,
+)
 
 log = logging.getLogger("trio_mta")
 
@@ -29,6 +48,7 @@ def plugin_env(config: Config) -> PluginEnv:
         var_dir=config.server.var_dir,
         local_domains=config.server.local_domains,
         config_dir=config.config_dir,
+        resolver=DNSResolver([parse_nameserver(n) for n in config.resolver.nameservers] or None),
     )
 
 
@@ -48,6 +68,34 @@ def load_plugin_set(config: Config) -> PluginSet:
     )
 
 
+def make_queue(config: Config, host: PluginHost) -> QueueService:
+    """The outbound queue; its hooks run on the plugin generation current at each attempt."""
+    nameservers = [parse_nameserver(n) for n in config.resolver.nameservers]
+    return QueueService(
+        config,
+        resolver=DNSResolver(nameservers or None),
+        runner=lambda: HookRunner(host.current, sandbox=host.sandbox),
+        signals=True,  # SIGUSR1: run the commands of `trio-mta queue`
+    )
+
+
+def make_bus(config: Config) -> EventBus:
+    admin = config.admin
+    return EventBus(retain=admin.replay if admin.enabled else 0, buffer=admin.buffer)
+
+
+def _follow_watchers(config: Config, bus: EventBus, host: PluginHost) -> None:
+    """Plugin calls are timed and published only while a watcher wants them (or with [admin]
+    plugin_metrics): otherwise the runner skips that work."""
+    observer = plugin_observer(bus)
+
+    def follow(watched: bool) -> None:
+        host.set_observe(observer if watched or config.admin.plugin_metrics else None)
+
+    bus.on_detail(follow)
+    follow(bus.detail)
+
+
 def _needs_sandbox(plugins: PluginSet) -> bool:
     return any(e.sandbox for entries in plugins.table.values() for e in entries)
 
@@ -65,14 +113,25 @@ async def run(
     config: Config,
     *,
     on_ready: Callable[[list[BoundListener]], None] | None = None,
+    bus: EventBus | None = None,
+    on_admin: Callable[[tuple[str, int] | None], None] | None = None,
     task_status: trio.TaskStatus[list[BoundListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain and return.
 
+    ``bus`` carries the events (a new one from ``[admin]`` if not given); ``on_admin`` is told
+    the admin listener's address (None: it could not bind) before the SMTP listeners open.
+
     Raises:
         PluginLoadError: a configured plugin cannot be loaded (nothing is listening yet).
         TlsSetupError: a certificate cannot be loaded or generated (nothing is listening yet).
+        AdminSetupError: the admin listener would be exposed without a token.
     """
+    bus = bus if bus is not None else make_bus(config)
+    admin = None
+    if config.admin.enabled:
+        metrics = Metrics(bus, plugin_metrics=config.admin.plugin_metrics)
+        admin = AdminServer(config.admin, bus, metrics, server_name=config.server.hostname)
     config.server.var_dir.mkdir(parents=True, exist_ok=True)
     spill_dir = config.server.var_dir / "tmp"
     spill_dir.mkdir(exist_ok=True)
@@ -80,7 +139,7 @@ async def run(
     tls = TlsProvider.from_config(config)  # may generate the first-run certificate
     with (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
-        watch_loop(config.plugins.watchdog_ms / 1000),
+        watch_loop(config.plugins.watchdog_ms / 1000, slow_step_reporter(bus)),
     ):
         async with trio.open_nursery() as services:
             sandbox = None
@@ -91,7 +150,17 @@ async def run(
             # Plugins finish their async start-up before the first client is accepted.
             await plugins.startup()
             await services.start(host.serve)
-            server = SMTPServer(config, host.handler, tls=tls)
+            _follow_watchers(config, bus, host)
+            if admin is not None:  # before SMTP: a watcher may see the very first connection
+                admin_address = await services.start(admin.serve)
+                if on_admin is not None:
+                    on_admin(admin_address)
+            if config.queue.enabled:
+                # Spool recovered and workers up before the first client can relay a message.
+                queue = make_queue(config, host)
+                await services.start(queue.serve)
+                host.queue = queue
+            server = SMTPServer(config, host.handler, tls=tls, bus=bus)
             bound: list[BoundListener] = await services.start(server.serve)
             for b in bound:
                 log.info("listening name=%s address=%s:%d", b.name, b.host, b.port)

@@ -1,4 +1,5 @@
-"""The ``trio-mta`` command: ``run`` the daemon, ``check`` a configuration, ``passwd`` a user."""
+"""The ``trio-mta`` command: ``run`` the daemon, ``check`` a configuration, ``passwd`` a user,
+manage the ``queue``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from . import __version__, app
+from . import __version__, app, queue
+from .admin import AdminSetupError, add_watch_parser
 from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
 from .hooks import PluginLoadError, check_username, hash_password, parse_users, update_users
 from .server import BoundListener, TlsSetupError
@@ -58,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     app.setup_logging(config)
     try:
         trio.run(lambda: app.run(config, on_ready=_print_ready))
-    except (PluginLoadError, TlsSetupError) as exc:
+    except (PluginLoadError, TlsSetupError, AdminSetupError) as exc:
         print(f"trio-mta: {exc}", file=sys.stderr)
         return 1
     except (OSError, ExceptionGroup) as exc:
@@ -165,6 +167,54 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue_config(args: argparse.Namespace) -> Config:
+    overrides = argparse.Namespace(var_dir=args.var_dir, listen=None)
+    return _apply_overrides(load_config(_config_dir(args.config)), overrides)
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    """Write a DKIM private key and print the TXT record to publish."""
+    from . import dkimkey
+
+    base = _config_dir(args.config) or Path("conf")
+    path = Path(args.out) if args.out else base / "dkim" / args.domain / f"{args.selector}.key"
+    if path.exists() and not args.force:
+        print(f"trio-mta: {path} exists (use --force to replace it)", file=sys.stderr)
+        return 1
+    private, record = dkimkey.generate(args.type, args.bits)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private)
+    except OSError as exc:
+        print(f"trio-mta: {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"; private key written to {path}")
+    shown = path.relative_to(base) if path.is_relative_to(base) else path
+    print(f'; dkim_sign: [domains."{args.domain}"] selector = "{args.selector}", key = "{shown}"')
+    print(dkimkey.zone_line(args.domain, args.selector, record))
+    return 0
+
+
+def add_dkim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dkim = sub.add_parser("dkim", help="DKIM key management")
+    dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True)
+    keygen = dkim_sub.add_parser(
+        "keygen", help="write a new signing key and print the DNS TXT record to publish"
+    )
+    keygen.add_argument("domain", metavar="DOMAIN")
+    keygen.add_argument("selector", metavar="SELECTOR")
+    keygen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    keygen.add_argument("--config", metavar="DIR", help="configuration directory (default: ./conf)")
+    keygen.add_argument(
+        "--out", metavar="FILE", help="key file (default: CONFIG/dkim/DOMAIN/SELECTOR.key)"
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.set_defaults(func=cmd_dkim_keygen)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trio-mta", description="A plugin-oriented MTA on Trio.")
     parser.add_argument("--version", action="version", version=f"trio-mta {__version__}")
@@ -194,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument("--config", metavar="DIR", help="configuration directory (default: ./conf)")
     passwd.add_argument("--delete", action="store_true", help="remove the user instead")
     passwd.set_defaults(func=cmd_passwd)
+    add_dkim_parser(sub)
+    add_watch_parser(sub, _config_dir)
+    queue.add_parser(sub, _queue_config)
     return parser
 
 

@@ -27,6 +27,7 @@ from .idle import IdleResult, idle_test
 from .load import MESSAGE_SIZE, SMTP_SOURCE, Run, run_once, size_run
 from .pyspy import profile_trio
 from .pyspy import report as profile_report
+from .relay import add_queue_argument, queue_bench
 from .servers import (
     REPO,
     Server,
@@ -37,6 +38,7 @@ from .servers import (
     write_trio_config,
 )
 from .tls import add_tls_arguments, tls_main
+from .watchers import add_watchers_argument, watchers_bench
 
 DISCARD, MAILDIR, AIOSMTPD = "trio-discard", "trio-maildir", "aiosmtpd"
 SERVERS = (DISCARD, MAILDIR, AIOSMTPD)
@@ -81,6 +83,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only profile trio-mta discard under py-spy (concurrency 100 unless given)",
     )
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
+    add_watchers_argument(p)
+    add_queue_argument(p)
     p.add_argument(
         "--var-root",
         type=Path,
@@ -95,7 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.seconds = args.seconds or (1.0 if args.quick else 4.0)
     if args.idle is None:
         args.idle = 1000 if args.quick else 5000
-    if args.profile and not args.concurrency:
+    if (args.profile or args.watchers or args.queue) and not args.concurrency:
         args.concurrency = [100]
     args.concurrency = args.concurrency or [1, 10, 100, 500]
     return args
@@ -340,6 +344,12 @@ def _run(
     out: list[str],
     max_connections: int,
 ) -> int:
+    if args.watchers:
+        print("\n".join(out + watchers_bench(args, work)), flush=True)
+        return 0
+    if args.queue:
+        print("\n".join(out + queue_bench(args, work)), flush=True)
+        return 0
     if args.profile:
         with servers_started([DISCARD], work, args.var_root, max_connections) as servers:
             prof = profile_trio(

@@ -45,8 +45,11 @@ def _preexec() -> None:
     raise_nofile()
 
 
-def trio_config(*, maildir: bool, max_connections: int, delivery_section: bool = True) -> str:
-    """The bench's trio-mta.toml: per-transaction logging off, level WARNING.
+def trio_config(
+    *, maildir: bool, max_connections: int, delivery_section: bool = True, admin_port: int = 0
+) -> str:
+    """The bench's trio-mta.toml: per-transaction logging off, level WARNING, the admin
+    listener on as shipped but on ``admin_port`` (0: any free port; servers run side by side).
 
     Delivery is chosen twice over, so the file suits the engine before and after delivery moved
     into the hook chain: ``[delivery]`` (when the loader still has that section) and the queue
@@ -75,6 +78,9 @@ order = ["rcpt_to_host_list", "{queue}"]
 [log]
 level = "WARNING"
 transaction_log = false
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
 """
 
 
@@ -201,13 +207,18 @@ def start_aiosmtpd(name: str, log_dir: Path) -> Server:
     return Server(name, argv, log_dir / f"{name}.log")
 
 
-def write_trio_config(directory: Path, *, maildir: bool, max_connections: int) -> Path:
+def write_trio_config(
+    directory: Path, *, maildir: bool, max_connections: int, admin_port: int = 0
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "plugins").mkdir(exist_ok=True)
     (directory / "plugins" / "queue_maildir.toml").write_text("fsync = true\n")
     for with_delivery in (True, False):
         text = trio_config(
-            maildir=maildir, max_connections=max_connections, delivery_section=with_delivery
+            maildir=maildir,
+            max_connections=max_connections,
+            delivery_section=with_delivery,
+            admin_port=admin_port,
         )
         (directory / "trio-mta.toml").write_text(text)
         if config_ok(directory):

@@ -30,4 +30,6 @@ def make_config(
         limits=attrs.evolve(base.limits, **(limits or {})),
         data=DataConfig(bare_line_endings=bare_line_endings),
         plugin_configs={"queue_maildir": {"fsync": fsync}},
+        # Never the fixed 8025: tests (and other daemons) run side by side.
+        admin=attrs.evolve(base.admin, listen="127.0.0.1:0"),
     )

@@ -4,10 +4,16 @@ Pure (stdlib and attrs only): no trio, no DNS; the only I/O is reading the confi
 checking that the certificates ``[tls]`` names load.
 """
 
+from ._admin import AdminConfig as AdminConfig
+from ._admin import admin_problems as admin_problems
 from ._loader import CONFIG_FILE_NAME as CONFIG_FILE_NAME
 from ._loader import ConfigError as ConfigError
 from ._loader import ConfigIssue as ConfigIssue
 from ._loader import load_config as load_config
+from ._queue import QueueConfig as QueueConfig
+from ._queue import ResolverConfig as ResolverConfig
+from ._queue import RouteConfig as RouteConfig
+from ._queue import TlsPolicy as TlsPolicy
 from ._schema import AuthConfig as AuthConfig
 from ._schema import BareLineEndings as BareLineEndings
 from ._schema import Config as Config

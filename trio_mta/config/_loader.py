@@ -21,14 +21,29 @@ from pathlib import Path
 
 import attrs
 
+from ._admin import AdminConfig, admin_problems
+from ._queue import RouteConfig, route_problems
 from ._schema import Config, ListenerConfig, TlsConfig, listener_conflicts, parse_listen
 from ._tlsfiles import tls_problems
 
 CONFIG_FILE_NAME = "trio-mta.toml"
 
-_SECTIONS = ("server", "timeouts", "limits", "data", "log", "plugins", "tls", "auth")
+_SECTIONS = (
+    "server",
+    "timeouts",
+    "limits",
+    "data",
+    "log",
+    "plugins",
+    "tls",
+    "auth",
+    "queue",
+    "resolver",
+    "admin",
+)
 PLUGIN_CONFIG_DIR = "plugins"
 _LISTENER = "listener"
+_ROUTE = "route"  # [[route]] tables become Config.routes
 
 _A = typing.TypeVar("_A", bound=attrs.AttrsInstance)
 
@@ -115,8 +130,10 @@ def _config_from_document(
                 changes[key] = section
         elif key == _LISTENER:
             changes["listeners"] = _load_listeners(value, issues)
+        elif key == _ROUTE:
+            changes["routes"] = _load_routes(value, issues)
         else:
-            issues.add(key, "unknown section" + _suggest(key, (*_SECTIONS, _LISTENER)))
+            issues.add(key, "unknown section" + _suggest(key, (*_SECTIONS, _LISTENER, _ROUTE)))
     changes["plugin_configs"] = _load_plugin_configs(config_dir / PLUGIN_CONFIG_DIR, issues)
     # The certificate files are checked even when other keys are wrong: one pass shows all.
     tls = changes.get("tls", defaults.tls)
@@ -124,6 +141,10 @@ def _config_from_document(
     if isinstance(tls, TlsConfig) and isinstance(listeners, tuple):
         for key, why in tls_problems(tls, listeners, config_dir):
             issues.add(key, why)
+    admin = changes.get("admin", defaults.admin)
+    if isinstance(admin, AdminConfig):
+        for key, why in admin_problems(admin):
+            issues.add(f"admin.{key}", why)
     if issues.found:
         raise ConfigError(issues.found)
     return _evolve(defaults, {**changes, "config_dir": config_dir})
@@ -158,6 +179,23 @@ def _load_listeners(raw: object, issues: _Issues) -> tuple[ListenerConfig, ...]:
     for position, key, why in listener_conflicts([listener for _, listener in built]):
         issues.add(f"{_LISTENER}[{built[position][0]}].{key}", why)
     return tuple(listener for _, listener in built)
+
+
+def _load_routes(raw: object, issues: _Issues) -> tuple[RouteConfig, ...]:
+    if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+        issues.add(_ROUTE, f"expected [[{_ROUTE}]] tables, got {_describe(raw)}")
+        return ()
+    built: list[tuple[int, RouteConfig]] = []
+    for index, table in enumerate(raw):
+        if "domain" not in table:
+            issues.add(f"{_ROUTE}[{index}].domain", "missing required key")
+            continue
+        route = _evolve_from_table(RouteConfig(), table, f"{_ROUTE}[{index}]", issues)
+        if route is not None:
+            built.append((index, route))
+    for position, key, why in route_problems([route for _, route in built]):
+        issues.add(f"{_ROUTE}[{built[position][0]}].{key}", why)
+    return tuple(route for _, route in built)
 
 
 def _load_listener(

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import attrs
 
+from ._admin import AdminConfig
+from ._queue import QueueConfig, ResolverConfig, RouteConfig, _check_routes
+
 _IntCheck = Callable[[object, object, int], None]
 _FloatCheck = Callable[[object, object, float], None]
 
@@ -364,7 +367,11 @@ class Config:
     log: LogConfig = LogConfig()
     plugins: PluginsConfig = PluginsConfig()
     auth: AuthConfig = AuthConfig()
+    queue: QueueConfig = attrs.field(factory=QueueConfig)
+    resolver: ResolverConfig = attrs.field(factory=ResolverConfig)
+    routes: tuple[RouteConfig, ...] = attrs.field(default=(), validator=_check_routes)
     tls: TlsConfig = TlsConfig()
+    admin: AdminConfig = attrs.field(factory=AdminConfig)
     # conf/plugins/<name>.toml, one table per plugin, as read (each plugin validates its own).
     plugin_configs: dict[str, dict[str, object]] = attrs.field(factory=dict, hash=False)
     # Where the tree was loaded from, so reload and relative plugin paths know where to look.

@@ -6,6 +6,15 @@ plugins, ``Credentials`` and the scrypt helpers (``hash_password``, ``verify_pas
 files). The runner and the registry are for the server.
 """
 
+# Mail authentication (spf, dkim, dmarc, arc plugins): the resolver, and blocking libraries
+# doing their DNS through it from a worker thread.
+from ..resolver import MX as MX
+from ..resolver import DNSError as DNSError
+from ..resolver import DNSResolver as DNSResolver
+from ..resolver import NXDomain as NXDomain
+from ..resolver import Resolver as Resolver
+from ..resolver import StaticResolver as StaticResolver
+from ..resolver import parse_nameserver as parse_nameserver
 from ._auth import Credentials as Credentials
 from ._auth import check_username as check_username
 from ._auth import hash_password as hash_password
@@ -13,9 +22,15 @@ from ._auth import parse_users as parse_users
 from ._auth import update_users as update_users
 from ._auth import verify_password as verify_password
 from ._batch import BatchWorker as BatchWorker
+from ._blockingdns import Abandoned as Abandoned
+from ._blockingdns import SyncDNS as SyncDNS
+from ._blockingdns import run_with_dns as run_with_dns
 from ._context import Connection as Connection
 from ._context import Message as Message
 from ._context import Transaction as Transaction
+from ._outbound import DeliveryReport as DeliveryReport
+from ._outbound import MXHost as MXHost
+from ._outbound import OutboundQueue as OutboundQueue
 from ._plugin import HookOptions as HookOptions
 from ._plugin import Plugin as Plugin
 from ._plugin import PluginEnv as PluginEnv

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import attrs
 
+from ..resolver import Resolver
 from ._result import ERROR_RESULT, TIMEOUT_RESULT, Result
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -68,6 +69,9 @@ class PluginEnv:
     var_dir: Path = Path("var")
     local_domains: tuple[str, ...] = ("localhost",)
     config_dir: Path | None = None
+    # The server's DNS resolver ([resolver] nameservers); None: a plugin that needs DNS makes
+    # its own (hooks.DNSResolver() reads /etc/resolv.conf).
+    resolver: Resolver | None = attrs.field(default=None, eq=False)
 
 
 class Plugin:

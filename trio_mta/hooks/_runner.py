@@ -150,7 +150,7 @@ class HookRunner:
     ) -> tuple[Result, str | None]:
         if current_runner.get() is not self:
             current_runner.set(self)
-        if not self._blocking[hook] and self.observe is None:
+        if not self._blocking[hook]:
             # Every call finishes in one step: no deadline can fire, so no scope is needed,
             # and the calls run in a plain loop.
             index = 0
@@ -207,6 +207,9 @@ class HookRunner:
             ):
                 continue
             self.active = entry
+            observe = self.observe
+            started = time.perf_counter() if observe is not None else 0.0
+            error: str | None = None
             try:
                 coro = entry.fn(conn, *args)
                 try:
@@ -221,15 +224,28 @@ class HookRunner:
                 elif type(value) is Result:
                     result = value
                 else:
+                    error = f"returned {type(value).__name__}, not a Result"
                     result = self._bad(entry, conn, value)
-            except Exception:
+            except Exception as exc:
+                error = repr(exc)
                 log.exception(
                     "conn=%s plugin %s failed on %s", conn.id, entry.plugin.name, entry.hook
                 )
                 result = entry.on_error
             self.active = None
             self.last = entry
-            self.last_finished = time.perf_counter()
+            self.last_finished = finished = time.perf_counter()
+            if observe is not None:
+                observe(
+                    HookCall(
+                        entry.hook,
+                        entry.plugin.name,
+                        result.action,
+                        finished - started,
+                        False,
+                        error,
+                    )
+                )
             if stop and result.action is not Action.CONT:
                 return index, result
         return index, None

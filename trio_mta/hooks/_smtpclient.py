@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -336,7 +337,9 @@ async def _handshake(stream: trio.SSLStream[trio.abc.Stream]) -> None:
         raise _HandshakeFailed(f"TLS handshake failed: {exc!r}") from exc
 
 
+@functools.lru_cache(maxsize=4)
 def _default_context(policy: StartTLS) -> ssl.SSLContext:
+    # Built once per policy: loading the CA store takes tens of milliseconds on the event loop.
     context = ssl.create_default_context()
     if policy is StartTLS.OPPORTUNISTIC:  # Postfix's "may": encrypt, don't authenticate
         context.check_hostname = False

@@ -120,6 +120,12 @@ HOOKS: dict[str, HookSpec] = {
             },
         ),
         HookSpec("queue_ok", always_run=True),
+        # Outbound (the queue's delivery workers; see hooks._outbound for the arguments).
+        HookSpec("get_mx"),
+        HookSpec("send_email"),
+        HookSpec("delivered", always_run=True),
+        HookSpec("deferred", always_run=True),
+        HookSpec("bounce"),
         HookSpec("deny"),
         HookSpec("reset_transaction", always_run=True),
         HookSpec("disconnect", always_run=True),

@@ -28,6 +28,7 @@ import time
 import trio
 
 from ..config import Config
+from ..events import EventBus
 from ..protocol import (
     NEED_DATA,
     Auth,
@@ -57,11 +58,12 @@ from ..protocol import (
     reply,
 )
 from ..protocol import replies as R
+from . import _observe as observe
 from ._auth import AuthFailures, ConnectionAuth
 from ._handler import SessionHandler
 from ._received import received_header
 from ._session import IdGenerator, Session, Transaction
-from ._tls import TlsHandshakeError, TlsProvider, close_tls, handshake
+from ._tls import TlsHandshakeError, TlsProvider, close_tls, forget_plaintext, handshake
 from ._transport import Transport
 
 log = logging.getLogger("trio_mta.smtp")
@@ -96,7 +98,11 @@ class ConnectionDriver:
         tls: TlsProvider | None = None,
         implicit_tls: bool = False,
         auth_failures: AuthFailures | None = None,
+        bus: EventBus | None = None,
     ) -> None:
+        # Events for watchers (built only while someone watches) and counters for /metrics.
+        self.bus = bus if bus is not None else EventBus()
+        self._auth_mechanism: str | None = None
         self.transport = transport
         self.nursery = nursery
         self.hung_up = False
@@ -188,6 +194,9 @@ class ConnectionDriver:
     # -- main loop --------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        opened = trio.current_time()
+        observe.CURRENT_SESSION.set(self.session)  # names the session in plugin events
+        observe.connection_opened(self.bus, self.session)
         try:
             with self.scope:
                 self.scope.deadline = self._banner_deadline
@@ -223,6 +232,9 @@ class ConnectionDriver:
             with trio.CancelScope(shield=True):
                 await self._final(R.reply(421, "4.3.2", self._text("Service shutting down")))
             raise
+        except Exception as exc:
+            self.close_reason = f"error ({type(exc).__name__})"
+            raise
         finally:
             if self._watch_scope is not None:
                 self._watch_scope.cancel()
@@ -232,6 +244,8 @@ class ConnectionDriver:
                 if self.session.transaction is not None:
                     await self._end_transaction("aborted", None)
                 await self.handler.disconnect(self.session)
+            duration = trio.current_time() - opened
+            observe.connection_closed(self.bus, self.session, self.close_reason, duration)
 
     def _text(self, text: str) -> str:
         return f"{self.config.server.hostname} {text}"
@@ -349,17 +363,7 @@ class ConnectionDriver:
             await self._flush()
             if self.close_reason == "send failed":
                 return False
-            injected = self.conn.start_tls()
-            if injected:
-                # Never parsed, never logged verbatim (it may hold credentials): CVE-2011-0411.
-                log.warning(
-                    "conn=%s ip=%s discarded %d bytes of plaintext pipelined after STARTTLS",
-                    session.id,
-                    session.client_ip,
-                    len(injected),
-                )
-            # RFC 3207 §4.2: nothing the client said before TLS counts any more.
-            session.helo, session.extended, session.auth_user = None, False, None
+            forget_plaintext(self.conn, session)
         self._handshaking = True
         self.phase = Phase.TLS
         self.scope.deadline = min(
@@ -375,6 +379,7 @@ class ConnectionDriver:
             return False
         self._handshaking = False
         log.debug("conn=%s tls=%s cipher=%s", session.id, session.tls_version, session.tls_cipher)
+        observe.tls_started(self.bus, session)
         return True
 
     # -- dispatch -------------------------------------------------------------------------------
@@ -388,6 +393,7 @@ class ConnectionDriver:
             answer = await handler.rcpt(session, ev)
             if answer.code < 400 and session.transaction is not None:
                 session.transaction.recipients.append((ev.recipient, ev.params))
+            observe.rcpt_received(self.bus, session, ev, answer)
             return answer
         if isinstance(ev, DataCommand):
             refusal = await self._start_data()
@@ -421,9 +427,10 @@ class ConnectionDriver:
         if isinstance(ev, Help):
             return R.HELP
         if isinstance(ev, Auth):
-            return await self.auth.start(ev)
+            self._auth_mechanism = ev.mechanism
+            return self._auth_event(await self.auth.start(ev))
         if isinstance(ev, AuthResponse):
-            return await self.auth.respond(ev)
+            return self._auth_event(await self.auth.respond(ev))
         if isinstance(ev, StartTLS):
             return R.READY_TLS if self.tls is not None else TLS_UNAVAILABLE
         if isinstance(ev, StartTLS | Auth | AuthResponse):
@@ -446,7 +453,17 @@ class ConnectionDriver:
         lines.extend(await self.handler.capabilities(self.session))
         return lines
 
+    def _auth_event(self, answer: Reply) -> Reply:
+        if answer.code != 334:  # 334: the exchange goes on
+            observe.auth_attempted(self.bus, self.session, self._auth_mechanism, answer)
+        return answer
+
     async def _helo(self, ev: Helo) -> Reply:
+        answer = await self._helo_reply(ev)
+        observe.helo_received(self.bus, self.session, ev, answer)
+        return answer
+
+    async def _helo_reply(self, ev: Helo) -> Reply:
         session = self.session
         if session.transaction is not None:
             await self._end_transaction("reset", None)
@@ -467,6 +484,7 @@ class ConnectionDriver:
         )
         refusal = self.auth.mail_refusal(ev.sender)  # submission policy, sender ownership
         answer = refusal if refusal is not None else await self.handler.mail(session, ev)
+        observe.mail_received(self.bus, session, answer)
         if answer.code >= 400:
             self._log_transaction("refused", str(answer))
             session.transaction = None
@@ -511,14 +529,17 @@ class ConnectionDriver:
         session = self.session
         if session.transaction is None:
             return
-        self._log_transaction(outcome, str(answer) if answer else self.close_reason)
+        self._log_transaction(outcome, str(answer) if answer else self.close_reason, answer)
         # The reset hooks still see the transaction that is ending.
         await self.handler.reset(session)
         session.transaction = None
         session.transactions += 1
 
-    def _log_transaction(self, outcome: str, detail: str) -> None:
+    def _log_transaction(self, outcome: str, detail: str, answer: Reply | None = None) -> None:
         txn = self.session.transaction
+        if txn is not None:
+            duration = time.monotonic() - txn.started
+            observe.transaction_ended(self.bus, self.session, outcome, answer, detail, duration)
         if txn is None or not self.config.log.transaction_log:
             return
         s = self.session

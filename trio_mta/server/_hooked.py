@@ -10,10 +10,20 @@ and answered when the data ends (SMTP has no way to answer in the middle of DATA
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..hooks import Action, Connection, Credentials, HookRunner, Message, Result, reply_for
+from ..hooks import (
+    Action,
+    Connection,
+    Credentials,
+    HookRunner,
+    Message,
+    OutboundQueue,
+    Result,
+    reply_for,
+)
 from ..protocol import Helo, MailFrom, RcptTo, Reply, Unrecognized, reply
 from ..protocol import replies as R
 
@@ -21,12 +31,22 @@ RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
 NOT_QUEUED = reply(451, "4.3.0", "Queueing declined or disabled, try again later")
 AUTH_OK = reply(235, "2.7.0", "Authentication successful")
 AUTH_UNAVAILABLE = reply(454, "4.7.0", "Temporary authentication failure")
+QUEUE_FAILED = reply(451, "4.3.0", "Queueing failed, try again later")
+log = logging.getLogger("trio_mta.queue")
 
 
 class HookHandler:
-    def __init__(self, runner: HookRunner, *, spill_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        runner: HookRunner,
+        *,
+        spill_dir: Path | None = None,
+        queue: OutboundQueue | None = None,
+    ) -> None:
         self.runner = runner
         self.spill_dir = spill_dir
+        # The built-in outbound queue: takes relayed mail that no queue_outbound plugin took.
+        self.queue = queue
         self._headers_pending = runner.has("data_headers_end")
         self._early_verdict: Reply | None = None
 
@@ -36,7 +56,7 @@ class HookHandler:
         return reply_for(hook, result)
 
     async def capabilities(self, conn: Connection) -> list[str]:
-        caps: list[str] = []
+        caps: list[str] = ["DSN"] if self.queue is not None else []
         if self.runner.has("capabilities"):
             await self.runner.run_all("capabilities", conn, caps)
         return caps
@@ -137,9 +157,19 @@ class HookHandler:
         result, _ = await self.runner.run(hook, conn)
         if result.action.is_denial:
             return self._verdict(conn, hook, result)
-        if result.action is not Action.OK:
+        queued_as = txn.id
+        if result.action is Action.CONT and hook == "queue_outbound" and self.queue is not None:
+            try:
+                queued_as = await self.queue.submit(conn)
+            except Exception:  # the spool's failure: this message's 451, not the session's end
+                log.exception(
+                    "conn=%s txn=%s: the queue could not take the message", conn.id, txn.id
+                )
+                return QUEUE_FAILED
+            result = Result(Action.OK)
+        elif result.action is not Action.OK:
             return NOT_QUEUED
-        answer = reply_for(hook, result, f"Message queued as {txn.id}")
+        answer = reply_for(hook, result, f"Message queued as {queued_as}")
         await self.runner.run_all("queue_ok", conn, answer)
         return answer
 

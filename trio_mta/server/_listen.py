@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from ..config import BareLineEndings, Config, ListenerConfig, ListenerKind
+from ..events import EventBus
 from ..protocol import BareLineEndingPolicy, ProtocolLimits, ServerConnection
 from ._auth import AuthFailures
 from ._driver import ConnectionDriver
@@ -100,8 +101,10 @@ class SMTPServer:
         *,
         ids: IdGenerator | None = None,
         tls: TlsProvider | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.config = config
+        self.bus = bus if bus is not None else EventBus()  # connection and transaction events
         self.tls = tls  # None: no STARTTLS, and no smtps listener may exist
         self.handler_factory = handler_factory
         self.ids = ids or IdGenerator()
@@ -242,6 +245,7 @@ class SMTPServer:
             tls=self.tls,
             implicit_tls=implicit_tls,
             auth_failures=self.auth_failures,
+            bus=self.bus,
         )
         self.drivers.add(driver)
         try:

@@ -8,12 +8,13 @@ it current, and shuts the old one down once its last connection has ended.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from ..hooks import HookCall, HookRunner, PluginSet, Sandbox
+from ..hooks import HookCall, HookRunner, OutboundQueue, PluginSet, Sandbox
 from ._hooked import HookHandler
 from ._session import Session
 
@@ -21,8 +22,14 @@ log = logging.getLogger("trio_mta.plugins")
 
 
 class _CountedHandler(HookHandler):
-    def __init__(self, runner: HookRunner, spill_dir: Path | None, done: Callable[[], None]):
-        super().__init__(runner, spill_dir=spill_dir)
+    def __init__(
+        self,
+        runner: HookRunner,
+        spill_dir: Path | None,
+        done: Callable[[], None],
+        queue: OutboundQueue | None = None,
+    ):
+        super().__init__(runner, spill_dir=spill_dir, queue=queue)
         self._done = done
 
     async def disconnect(self, conn: Session) -> None:
@@ -40,11 +47,14 @@ class PluginHost:
         sandbox: Sandbox | None = None,
         spill_dir: Path | None = None,
         observe: Callable[[HookCall], None] | None = None,
+        queue: OutboundQueue | None = None,
     ) -> None:
         self.current = plugins
+        self.queue = queue  # the built-in outbound queue, handed to every handler
         self.sandbox = sandbox
         self.spill_dir = spill_dir
         self.observe = observe
+        self._runners: weakref.WeakSet[HookRunner] = weakref.WeakSet()  # the live sessions'
         self._users: dict[int, int] = {}
         self._retired: dict[int, PluginSet] = {}
         self._send, self._recv = trio.open_memory_channel[PluginSet](16)
@@ -55,7 +65,18 @@ class PluginHost:
         generation = plugins.generation
         self._users[generation] = self._users.get(generation, 0) + 1
         runner = HookRunner(plugins, sandbox=self.sandbox, observe=self.observe)
-        return _CountedHandler(runner, self.spill_dir, lambda: self._release(generation))
+        self._runners.add(runner)
+        return _CountedHandler(
+            runner, self.spill_dir, lambda: self._release(generation), self.queue
+        )
+
+    def set_observe(self, observe: Callable[[HookCall], None] | None) -> None:
+        """Report plugin calls to ``observe`` from now on, live sessions included (None: stop;
+        the runner then skips timing its calls). Flipped when the first watcher arrives and
+        when the last one leaves."""
+        self.observe = observe
+        for runner in list(self._runners):
+            runner.observe = observe
 
     def _release(self, generation: int) -> None:
         left = self._users[generation] - 1

@@ -1,0 +1,172 @@
+"""The live page: served with its CSP, and, in headless Chromium driven over the DevTools
+protocol, showing the row of a message sent while it is open."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio_websocket
+
+from .kit import admin_config, running
+
+CAP = 40
+CHROMIUM = shutil.which("chromium")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--remote-debugging-port=0",
+)
+
+
+async def test_the_page_is_self_contained_and_locked_down(tmp_path: Path) -> None:
+    async with running(admin_config(tmp_path / "var")) as d:
+        stream = await trio.open_tcp_stream(*d.admin)
+        await stream.send_all(f"GET / HTTP/1.1\r\nHost: {d.base_url}\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src 'sha256-" in csp
+    assert f"connect-src 'self' ws://{d.base_url}" in csp
+    # Nothing outside the machine: no external URL anywhere in the page.
+    text = body.decode()
+    assert "http://" not in text
+    assert "https://" not in text
+    assert "<script src" not in text
+    assert "innerHTML" not in text  # addresses and HELO names are attacker-controlled text
+
+
+class DevTools:
+    """A minimal DevTools-protocol client over trio-websocket."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params: object) -> dict[str, object]:
+        call_id = next(self.ids)
+        await self.ws.send_message(json.dumps({"id": call_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(await self.ws.get_message())
+            if reply.get("id") == call_id:
+                assert "error" not in reply, reply
+                result: dict[str, object] = reply["result"]
+                return result
+
+    async def evaluate(self, expression: str) -> object:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        value = result["result"]
+        assert isinstance(value, dict)
+        return value.get("value")
+
+    async def wait_for(self, expression: str) -> object:
+        """Poll ``expression`` until it is truthy (the page updates on its own)."""
+        while not (value := await self.evaluate(expression)):  # noqa: ASYNC110  # in the browser
+            await trio.sleep(0.05)
+        return value
+
+
+async def _http_get(port: int, path: str) -> bytes:
+    """A GET to Chromium's DevTools HTTP endpoint (which keeps the connection open)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    data = b""
+    while True:
+        head, blank, body = data.partition(b"\r\n\r\n")
+        if blank:
+            length = [line for line in head.lower().split(b"\r\n") if b"content-length:" in line]
+            if length and len(body) >= int(length[0].split(b":")[1]):
+                break
+        chunk = await stream.receive_some()
+        assert chunk, data
+        data += chunk
+    await stream.aclose()
+    return body
+
+
+@asynccontextmanager
+async def chromium(profile: Path) -> AsyncIterator[DevTools]:
+    """Headless Chromium on a fresh profile, its page target driven over DevTools; stopped by
+    its PID on the way out."""
+    assert CHROMIUM is not None, "this test needs Debian's chromium (apt-get install chromium)"
+    profile.mkdir()  # noqa: ASYNC240  # once, before anything runs
+    log = (profile.parent / "chromium.log").open("wb")
+    process = await trio.lowlevel.open_process(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        while not port_file.exists() or not port_file.read_text().strip():  # noqa: ASYNC110  # another process writes it
+            await trio.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        targets = json.loads(await _http_get(port, "/json/list"))
+        [page] = [t for t in targets if t["type"] == "page"]
+        async with trio_websocket.open_websocket_url(
+            page["webSocketDebuggerUrl"], max_message_size=16 * 1024 * 1024
+        ) as ws:
+            yield DevTools(ws)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(5):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+
+
+async def test_headless_chromium_shows_a_row_for_a_message_sent_while_open(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(CAP):
+        async with (
+            running(admin_config(tmp_path / "var")) as d,
+            chromium(tmp_path / "profile") as browser,
+        ):
+            await browser.call("Page.navigate", url=f"http://{d.base_url}/")
+            await browser.wait_for("document.body.dataset.state === 'connected'")
+            answer = await d.send("page@example.org", ("bob@example.test",))
+            txn = answer.text.rsplit(" ", 1)[1]
+            row = f"document.querySelector('tr[data-txn=\"{txn}\"]')"
+            outcome = await browser.wait_for(f"{row} && {row}.dataset.outcome")
+            text = await browser.evaluate(f"{row}.textContent")
+            verdicts = await browser.evaluate(
+                f"Array.from({row}.querySelectorAll('td.plugin')).map(td => td.className)"
+            )
+            headers = await browser.evaluate(
+                "Array.from(document.querySelectorAll('#head th')).map(th => th.textContent)"
+            )
+            rate = await browser.wait_for("Number(document.getElementById('rate').textContent)")
+    assert outcome == "accepted"
+    assert isinstance(text, str)
+    assert "page@example.org" in text
+    assert "bob@example.test" in text
+    assert "accepted" in text
+    # One coloured cell per plugin, in the order the plugins first answered: both said OK.
+    assert isinstance(headers, list)
+    assert headers[-2:] == ["rcpt_to_host_list", "queue_discard"]
+    assert verdicts == ["plugin v-ok", "plugin v-ok"]
+    assert isinstance(rate, int | float)
+    assert rate > 0

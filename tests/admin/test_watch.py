@@ -1,0 +1,158 @@
+"""``trio-mta watch``: the line for a transaction, printed under a pseudo-terminal (in colour),
+and the client's own pieces (URL, formatting, refusals)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import subprocess
+from pathlib import Path
+
+import trio
+
+from tests.e2e.conftest import daemon_command
+from trio_mta.admin import WatchOptions, watch
+from trio_mta.admin._format import Style, format_event, format_transaction
+
+from .kit import admin_config, running
+
+CAP = 20
+GREEN = "\x1b[32m"
+
+END: dict[str, object] = {
+    "v": 1,
+    "type": "transaction.end",
+    "ts": 0.0,
+    "conn": "c1",
+    "txn": "t1",
+    "ip": "192.0.2.7",
+    "helo": "client.example",
+    "sender": "alice@example.org",
+    "recipients": ["bob@example.test", "carol@example.test"],
+    "size": 4200,
+    "outcome": "accepted",
+    "code": 250,
+    "reply": "2.0.0 Message queued as t1",
+    "queue_id": "t1",
+    "duration": 0.0123,
+}
+
+
+async def _read_until(fd: int, needle: bytes) -> bytes:
+    out = b""
+    while needle not in out:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other side of the pty is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+async def test_watch_under_a_pty_prints_the_line_of_a_transaction(tmp_path: Path) -> None:
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            primary, secondary = pty.openpty()
+            os.set_blocking(primary, False)
+            process = await trio.lowlevel.open_process(
+                daemon_command("watch", "--url", d.url()),
+                stdin=subprocess.DEVNULL,
+                stdout=secondary,
+                stderr=subprocess.PIPE,
+                env={k: v for k, v in os.environ.items() if k != "NO_COLOR"},
+            )
+            os.close(secondary)
+            try:
+                assert process.stderr is not None
+                hello = b""
+                while b"watching" not in hello:
+                    chunk = await process.stderr.receive_some()
+                    assert chunk, f"trio-mta watch exited: {hello.decode()}"
+                    hello += chunk
+                assert f"watching {d.url('type=transaction.end')}".encode() in hello
+                answer = await d.send("pty@example.org", ("bob@example.test",))
+                out = await _read_until(primary, b"\n")
+            finally:
+                process.kill()
+                await process.wait()
+                os.close(primary)
+    line = out.decode()
+    txn = answer.text.rsplit(" ", 1)[1]
+    assert "<pty@example.org> -> <bob@example.test>" in line
+    assert f"{GREEN}accepted\x1b[0m" in line  # a terminal: coloured
+    assert f"Message accepted as {txn}" in line  # queue_discard's reply
+    assert "[127.0.0.1]" in line
+
+
+def test_the_line_for_each_outcome_and_colour_only_when_asked() -> None:
+    plain = format_transaction(END, Style(False))
+    assert "\x1b" not in plain
+    assert "[192.0.2.7]  <alice@example.org> -> <bob@example.test>, <carol@example.test>" in plain
+    assert "4.1 KiB  accepted  2.0.0 Message queued as t1  12 ms" in plain
+    refused = {**END, "outcome": "refused", "code": 554, "reply": "5.7.1 no", "recipients": []}
+    assert "\x1b[31mrefused\x1b[0m" in format_transaction(refused, Style(True))
+    soft = {**END, "outcome": "refused", "code": 451, "reply": "4.3.0 later"}
+    assert "\x1b[33mrefused\x1b[0m" in format_transaction(soft, Style(True))
+    mail_refused = {**END, "outcome": "refused", "code": None, "reply": "550 5.7.1 no"}
+    assert "\x1b[31m550 5.7.1 no" in format_transaction(mail_refused, Style(True))
+    gap = format_transaction({"type": "gap", "dropped": 12}, Style(False))
+    assert gap == "-- 12 events lost: this watcher fell behind --"
+    call = {"type": "plugin.call", "ts": 0.0, "conn": "c1", "plugin": "p", "hook": "rcpt",
+            "result": "deny", "duration": 0.5, "timed_out": False, "error": None}  # fmt: skip
+    line = format_event(call, Style(True))
+    assert "plugin.call" in line
+    assert "plugin=p hook=rcpt result=deny" in line
+    assert "\x1b[31m" in line
+    assert "error=" not in line
+
+
+def test_the_stream_url_carries_the_filters() -> None:
+    assert WatchOptions().stream_url() == "ws://127.0.0.1:8025/events?type=transaction.end"
+    follow = WatchOptions(follow=True, ips=("10.0.0.0/8", "::1"), replay=5)
+    assert follow.stream_url() == "ws://127.0.0.1:8025/events?ip=10.0.0.0%2F8%2C%3A%3A1&replay=5"
+    options = WatchOptions(url="ws://[::1]:9/x?a=1", json=True, sender_domains=("a.example",))
+    assert options.stream_url() == "ws://[::1]:9/x?a=1&sender_domain=a.example"
+
+
+async def test_watch_reports_a_refusal_and_an_unreachable_server(tmp_path: Path) -> None:
+    config = admin_config(tmp_path / "var", token="s3cret-admin-token-0123", open_on_loopback=False)
+    with trio.fail_after(CAP):
+        async with running(config) as d:
+            err = io.StringIO()
+            assert await watch(WatchOptions(url=d.url()), io.StringIO(), err) == 1
+            assert err.getvalue().startswith("trio-mta watch: refused (401): admin: a bearer")
+            port = d.admin[1]
+    err = io.StringIO()
+    with trio.fail_after(CAP):
+        status = await watch(WatchOptions(url=f"ws://127.0.0.1:{port}/events"), io.StringIO(), err)
+    assert status == 1
+    assert f"cannot connect to ws://127.0.0.1:{port}/events" in err.getvalue()
+    err = io.StringIO()
+    assert await watch(WatchOptions(url="http://x/events"), io.StringIO(), err) == 2
+    assert "--url must be ws:// or wss://" in err.getvalue()
+
+
+async def test_watch_json_prints_raw_events(tmp_path: Path) -> None:
+    import json
+
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            out = io.StringIO()
+
+            async def send_then_close() -> None:
+                while not d.bus.active:  # noqa: ASYNC110  # the watcher subscribes in its own task
+                    await trio.sleep(0.01)
+                await d.send()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_then_close)
+                options = WatchOptions(url=d.url(), json=True, types=("transaction.end",))
+                with trio.move_on_after(1):  # a watcher runs until stopped
+                    await watch(options, out, io.StringIO())
+    [event] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert event["type"] == "transaction.end"
+    assert event["outcome"] == "accepted"

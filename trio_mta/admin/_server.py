@@ -1,0 +1,194 @@
+"""The admin listener: ``GET /`` (the live page), ``GET /metrics``, and ``/events`` (websocket).
+
+Theory of operation
+-------------------
+Each connection is read up to the end of its request head (``_http``), under a deadline. Plain
+GETs get one response and the connection is closed. An upgrade on ``/events`` is checked
+(``_access``: Origin, token or loopback-open, Host), its query parsed into a filter, and only
+then handed to trio-websocket with the head it has already read replayed in front.
+
+Isolation: an exception in one admin connection is logged and ends that connection only. The
+admin side never reaches into SMTP: it reads the bus, whose publishers never wait.
+
+Binding: a listener that cannot bind (the port is taken, say by another daemon started from
+the same conf/) is logged as an error and the daemon runs without it: watching is never a
+reason to refuse mail. A configuration that would expose the stream without a token is a
+different matter: ``AdminServer`` refuses to be built (and the loader refuses the file).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.resources
+import logging
+import re
+import socket as stdlib_socket
+
+import trio
+import trio_websocket
+
+from ..config import AdminConfig, admin_problems
+from ..events import EventBus
+from ._access import Access
+from ._filter import EventFilter
+from ._http import (
+    HttpError,
+    PrefixedStream,
+    RequestHead,
+    error_response,
+    read_head,
+    response,
+)
+from ._metrics import CONTENT_TYPE as METRICS_TYPE
+from ._metrics import Metrics
+from ._stream import EncodedEvents, stream_events
+
+log = logging.getLogger("trio_mta.admin")
+
+HEAD_DEADLINE = 10.0  # seconds for a client to send its request head
+HANDSHAKE_DEADLINE = 10.0
+CLOSE_DEADLINE = 2.0
+SEND_BUFFER = 64 * 1024  # kernel buffer per admin connection: a stalled watcher holds no more
+
+
+class AdminSetupError(Exception):
+    """The admin configuration is unsafe (never raised for a port that is taken)."""
+
+
+class Page:
+    """The live page, read once from the package, with a Content-Security-Policy that allows
+    exactly its own inline script and style (by hash) and websockets to its own host."""
+
+    def __init__(self, html: bytes) -> None:
+        self.html = html
+        text = html.decode("utf-8")
+        self._script = [_sha256(s) for s in re.findall(r"<script>(.*?)</script>", text, re.S)]
+        self._style = [_sha256(s) for s in re.findall(r"<style>(.*?)</style>", text, re.S)]
+
+    @classmethod
+    def load(cls) -> Page:
+        return cls(importlib.resources.files(__package__).joinpath("page.html").read_bytes())
+
+    def csp(self, host: str) -> str:
+        scripts = " ".join(f"'sha256-{h}'" for h in self._script)
+        styles = " ".join(f"'sha256-{h}'" for h in self._style)
+        return (
+            f"default-src 'none'; script-src {scripts}; style-src {styles}; "
+            f"connect-src 'self' ws://{host} wss://{host}; img-src data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+
+
+def _sha256(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+class AdminServer:
+    def __init__(
+        self,
+        config: AdminConfig,
+        bus: EventBus,
+        metrics: Metrics,
+        *,
+        server_name: str = "trio-mta",
+    ) -> None:
+        problems = admin_problems(config)
+        if problems:
+            raise AdminSetupError("; ".join(f"admin.{key}: {why}" for key, why in problems))
+        self.config = config
+        self.bus = bus
+        self.metrics = metrics
+        self.server_name = server_name
+        self.access = Access(config)
+        self.page = Page.load()
+        self.encoded = EncodedEvents(bus.size)
+        self.clients = 0
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int] | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until cancelled; reports the bound ``(host, port)``, or None if the address
+        could not be bound (logged; the daemon goes on without the admin listener)."""
+        config = self.config
+        host = "127.0.0.1" if config.host == "localhost" else config.host
+        try:
+            listeners = await trio.open_tcp_listeners(config.port, host=host)
+        except OSError as exc:
+            log.error(
+                "admin listener %s could not bind (%s); running without it",
+                config.listen,
+                exc.strerror or exc,
+            )
+            task_status.started(None)
+            return
+        bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+        log.info("admin listening address=%s:%d open=%s", bound_host, bound_port, config.open)
+        async with trio.open_nursery() as handlers:
+            task_status.started((bound_host, bound_port))
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=handlers)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            stream.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, SEND_BUFFER)
+            with trio.move_on_after(HEAD_DEADLINE):
+                got = await read_head(stream)
+                if got is None:
+                    return
+            if got is None:  # the deadline passed
+                return
+            await self._dispatch(stream, *got)
+        except HttpError as exc:
+            with trio.move_on_after(CLOSE_DEADLINE):
+                await stream.send_all(error_response(exc.status, exc.message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        except Exception:  # the isolation boundary of one admin connection
+            log.exception("admin connection failed")
+
+    async def _dispatch(self, stream: trio.SocketStream, head: RequestHead, raw: bytes) -> None:
+        if head.method not in ("GET", "HEAD"):
+            raise HttpError(405, "admin: only GET is served here")
+        if head.path in ("/", "/index.html"):
+            host = head.header("host") or "localhost"
+            self.access.check_origin(head)
+            extra = (("Content-Security-Policy", self.page.csp(host)),)
+            body = self.page.html if head.method == "GET" else b""
+            await stream.send_all(response(200, body, "text/html; charset=utf-8", extra))
+            return
+        if head.path == "/metrics":
+            self.access.check(head)
+            await stream.send_all(response(200, self.metrics.render(), METRICS_TYPE))
+            return
+        if head.path == "/events":
+            if not head.is_websocket:
+                raise HttpError(426, "admin: /events is a websocket (ws://host:port/events)")
+            self.access.check(head)
+            event_filter = EventFilter.from_query(head.query, self.config.replay)
+            if self.clients >= self.config.max_clients:
+                raise HttpError(503, "admin: too many watchers (see [admin] max_clients)")
+            await self._websocket(stream, raw, event_filter)
+            return
+        raise HttpError(404, "admin: not found (try /, /events, /metrics)")
+
+    async def _websocket(
+        self, stream: trio.SocketStream, raw: bytes, event_filter: EventFilter
+    ) -> None:
+        self.clients += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(HANDSHAKE_DEADLINE):
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery, PrefixedStream(stream, raw)
+                    )
+                    ws = await request.accept()
+                try:
+                    await stream_events(
+                        ws, self.bus, event_filter, server=self.server_name, encoded=self.encoded
+                    )
+                finally:
+                    with trio.move_on_after(CLOSE_DEADLINE, shield=True):
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.clients -= 1

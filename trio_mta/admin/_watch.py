@@ -1,0 +1,116 @@
+"""``trio-mta watch``: the terminal client of ``/events``.
+
+One line per completed transaction by default (``transaction.end``), every event with
+``--follow``, raw JSON objects (one per line) with ``--json``. Colour only when the output is a
+terminal and ``NO_COLOR`` is not set. Filters are passed to the server, which applies them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.parse
+from typing import TextIO
+
+import attrs
+import trio_websocket
+
+from ._format import Style, format_event, format_transaction
+
+DEFAULT_URL = "ws://127.0.0.1:8025/events"
+
+
+@attrs.frozen
+class WatchOptions:
+    url: str = DEFAULT_URL
+    token: str | None = None
+    follow: bool = False
+    json: bool = False
+    types: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    sender_domains: tuple[str, ...] = ()
+    rcpt_domains: tuple[str, ...] = ()
+    replay: int = 0
+    color: bool | None = None  # None: only on a terminal
+
+    def stream_url(self) -> str:
+        """The URL with the filters as query parameters (the server filters)."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"--url must be ws:// or wss:// (got {self.url!r})")
+        query = urllib.parse.parse_qsl(parts.query)
+        types = self.types or (() if self.follow or self.json else ("transaction.end",))
+        for name, values in (
+            ("type", types),
+            ("ip", self.ips),
+            ("sender_domain", self.sender_domains),
+            ("rcpt_domain", self.rcpt_domains),
+        ):
+            if values:
+                query.append((name, ",".join(values)))
+        if self.replay:
+            query.append(("replay", str(self.replay)))
+        path = parts.path or "/events"
+        return urllib.parse.urlunsplit(
+            (parts.scheme, parts.netloc, path, urllib.parse.urlencode(query), "")
+        )
+
+
+def _use_color(options: WatchOptions, out: TextIO) -> bool:
+    if options.color is not None:
+        return options.color
+    return out.isatty() and not os.environ.get("NO_COLOR")
+
+
+async def watch(options: WatchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Print events until the server closes the stream; returns the exit status.
+
+    Error handling: a refused handshake (token, origin), an unreachable server or a closed
+    stream is one line on ``err`` and status 1.
+    """
+    try:
+        url = options.stream_url()
+    except ValueError as exc:
+        print(f"trio-mta watch: {exc}", file=err)
+        return 2
+    headers = [(b"authorization", f"Bearer {options.token}".encode())] if options.token else []
+    style = Style(_use_color(options, out))
+    try:
+        async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
+            while True:
+                message = await ws.get_message()
+                for item in json.loads(message):
+                    _show(item, options, style, out, err, url)
+                out.flush()
+    except trio_websocket.ConnectionRejected as exc:
+        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        print(f"trio-mta watch: refused ({exc.status_code}): {body}", file=err)
+        return 1
+    except trio_websocket.ConnectionClosed as exc:
+        print(f"trio-mta watch: the server closed the stream ({exc.reason})", file=err)
+        return 1
+    except (OSError, trio_websocket.HandshakeError) as exc:
+        print(f"trio-mta watch: cannot connect to {url}: {exc}", file=err)
+        return 1
+
+
+def _show(
+    item: dict[str, object],
+    options: WatchOptions,
+    style: Style,
+    out: TextIO,
+    err: TextIO,
+    url: str,
+) -> None:
+    kind = item.get("type")
+    if kind == "hello":
+        print(f"watching {url} (replay {item.get('replay', 0)}; Ctrl-C to stop)", file=err)
+        err.flush()
+        return
+    if options.json:
+        print(json.dumps(item, ensure_ascii=False), file=out)
+    elif options.follow:
+        print(format_event(item, style), file=out)
+    elif kind in ("transaction.end", "gap"):
+        print(format_transaction(item, style), file=out)

@@ -1,0 +1,199 @@
+"""The event bus: publishers never wait, subscribers that fall behind lose events, and know it.
+
+Theory of operation
+-------------------
+One ring of ``size`` slots holds the most recent events; ``publish`` writes the next slot and
+bumps a sequence number. That is the whole hot path: one list store, one integer store, a truth
+test of the taps and of the parking lot (O(1), no allocation, never a checkpoint), so SMTP never
+waits for a watcher.
+
+Each subscriber is a cursor into the ring: its bounded channel is the window of events it has
+not read yet, which can be at most ``size`` long. A subscriber that stays behind by more than
+that finds the ring has moved past its cursor: it skips to the oldest event still held and first
+receives a ``Gap`` carrying the number it lost (which also feeds ``bus.dropped``). Others are not
+affected. Waiting subscribers park on one ``ParkingLot``; ``publish`` wakes them only if someone
+is parked, so a batch of events costs one wake-up, not one per event.
+
+The ring doubles as the replay buffer: a subscriber may start up to ``retain`` events back.
+
+``active`` is what publishers test before building an event at all: True only while a
+subscriber is connected, so an unwatched daemon builds no events. Two exceptions keep replay
+and metrics useful at a cost of one event per transaction and nothing else: with ``retain``,
+``transaction.end`` is published even unwatched (a watcher that connects later can replay the
+last transactions); rare events (watchdog, delivery) are always published. ``counters`` are the
+plain integers the SMTP side bumps either way, for /metrics. Publishers of expensive detail
+(one event per plugin call) follow ``detail`` through ``on_detail``: True while at least one
+subscriber wants that detail (``trio-mta watch`` by default does not).
+
+Taps are synchronous callbacks run on every event (metrics); they must be quick. A tap that
+raises is logged and kept: the publisher is an SMTP session, not the place for a metrics bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+import trio
+
+from ._counters import Counters
+from ._types import Event, Gap
+
+log = logging.getLogger("trio_mta.events")
+
+Clock = Callable[[], float]
+Tap = Callable[[Event], None]
+
+
+class EventBus:
+    """Args:
+    clock: wall-clock seconds for event timestamps (``time.time``; tests inject their own).
+    retain: how many recent events a new subscriber may ask to replay (0: no replay).
+    buffer: how far a subscriber may fall behind before it loses events.
+    """
+
+    def __init__(self, *, clock: Clock = time.time, retain: int = 0, buffer: int = 1024) -> None:
+        if retain < 0 or buffer < 1:
+            raise ValueError("retain must be >= 0 and buffer >= 1")
+        self.clock = clock
+        self.retain = retain
+        self.size = max(retain, buffer)
+        self._ring: list[Event | None] = [None] * self.size
+        self._seq = 0  # the sequence number the next event gets
+        self._lot = trio.lowlevel.ParkingLot()
+        self._taps: dict[type[Event], list[Tap]] = {}
+        self._watchers: list[Callable[[bool], None]] = []
+        self.subscribers = 0
+        self.detailed = 0  # subscribers that want plugin calls
+        self.dropped = 0  # events lost by slow subscribers, all of them together
+        self.counters = Counters()
+        self.active = False  # a subscriber is connected: build and publish every event
+        self.detail = False  # one of them wants plugin calls too
+
+    @property
+    def published(self) -> int:
+        """Events published so far (the next event's sequence number)."""
+        return self._seq
+
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to every tap and subscriber. Synchronous, O(1), never blocks."""
+        seq = self._seq
+        self._ring[seq % self.size] = event
+        self._seq = seq + 1
+        taps = self._taps.get(type(event))
+        if taps is not None:
+            for tap in taps:
+                try:
+                    tap(event)
+                except Exception:
+                    log.exception("event tap %r failed", tap)
+        if self._lot:
+            self._lot.unpark_all()
+
+    def add_tap(self, tap: Tap, kinds: Iterable[type[Event]]) -> None:
+        """Call ``tap(event)`` for every event of these classes, as it is published."""
+        for kind in kinds:
+            self._taps.setdefault(kind, []).append(tap)
+
+    def on_detail(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(detail)`` whenever the first subscriber that wants plugin calls
+        arrives or the last one leaves."""
+        self._watchers.append(callback)
+
+    def subscribe(self, replay: int = 0, *, detail: bool = True) -> Subscription:
+        """A new subscriber, starting ``replay`` events back (at most ``retain``, at most what
+        has been published); ``detail``: it wants plugin calls. Use it as a context manager:
+        leaving it unsubscribes."""
+        back = min(max(replay, 0), self.retain, self._seq)
+        subscription = Subscription(self, self._seq - back, detail)
+        self.subscribers += 1
+        self.active = True
+        if detail:
+            self.detailed += 1
+            self._set_detail()
+        return subscription
+
+    def _unsubscribe(self, detail: bool) -> None:
+        self.subscribers -= 1
+        self.active = self.subscribers > 0
+        if detail:
+            self.detailed -= 1
+            self._set_detail()
+
+    def _set_detail(self) -> None:
+        detail = self.detailed > 0
+        if detail != self.detail:
+            self.detail = detail
+            for callback in self._watchers:
+                callback(detail)
+
+    def _read(self, cursor: int, limit: int) -> tuple[int, list[tuple[int, Event]]]:
+        """Events from ``cursor`` on (a Gap first if some were overwritten), at most ``limit``;
+        returns the new cursor too."""
+        out: list[tuple[int, Event]] = []
+        oldest = self._seq - self.size
+        if cursor < oldest:
+            lost = oldest - cursor
+            self.dropped += lost
+            out.append((-1, Gap(ts=self.clock(), dropped=lost)))
+            cursor = oldest
+        end = min(self._seq, cursor + limit)
+        ring, size = self._ring, self.size
+        for seq in range(cursor, end):
+            event = ring[seq % size]
+            assert event is not None
+            out.append((seq, event))
+        return end, out
+
+
+class Subscription:
+    """One subscriber's view of the bus: read with ``receive`` (waits) or ``take`` (does not).
+
+    Each item is ``(seq, event)``; a ``Gap`` has seq -1.
+    """
+
+    def __init__(self, bus: EventBus, cursor: int, detail: bool = True) -> None:
+        self.bus = bus
+        self.cursor = cursor
+        self.detail = detail
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Events published and not read yet (may exceed what the ring still holds)."""
+        return self.bus._seq - self.cursor
+
+    def take(self, limit: int = 1024) -> list[tuple[int, Event]]:
+        """What is waiting, without waiting (empty if nothing is)."""
+        self.cursor, items = self.bus._read(self.cursor, limit)
+        return items
+
+    async def receive(self, limit: int = 1024) -> list[tuple[int, Event]]:
+        """At least one item, at most ``limit`` (plus a leading Gap); waits for the first.
+
+        Cancellation: safe at any point; nothing is consumed unless returned.
+        """
+        bus = self.bus
+        if self.cursor < bus._seq:
+            await trio.lowlevel.checkpoint()
+        while self.cursor >= bus._seq:
+            await bus._lot.park()
+        return self.take(limit)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.bus._unsubscribe(self.detail)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,40 @@
+"""Counters the SMTP side bumps on every connection and transaction, watched or not.
+
+They feed ``/metrics`` without any event being built: a few integer additions per transaction
+are the whole cost of metrics on an unwatched daemon. Keys are bounded: listener names, close
+reasons reduced to their first word, outcomes, commands, and reply codes by class.
+"""
+
+from __future__ import annotations
+
+
+class Counters:
+    __slots__ = ("accepted_bytes", "closed", "connections", "open", "replies", "transactions")
+
+    def __init__(self) -> None:
+        self.connections: dict[str, int] = {}  # by listener
+        self.open = 0
+        self.closed: dict[str, int] = {}  # by the first word of the close reason
+        self.transactions: dict[str, int] = {}  # by outcome
+        self.replies: dict[str, list[int]] = {}  # command -> counts by code // 100
+        self.accepted_bytes = 0
+
+    def connection_opened(self, listener: str) -> None:
+        self.connections[listener] = self.connections.get(listener, 0) + 1
+        self.open += 1
+
+    def connection_closed(self, reason: str) -> None:
+        word = reason.split(" ", 1)[0] or "unknown"
+        self.closed[word] = self.closed.get(word, 0) + 1
+        self.open -= 1
+
+    def transaction_ended(self, outcome: str, size: int) -> None:
+        self.transactions[outcome] = self.transactions.get(outcome, 0) + 1
+        if outcome == "accepted":
+            self.accepted_bytes += size
+
+    def reply(self, command: str, code: int) -> None:
+        counts = self.replies.get(command)
+        if counts is None:
+            counts = self.replies[command] = [0] * 6
+        counts[code // 100] += 1

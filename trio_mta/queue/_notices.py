@@ -1,0 +1,110 @@
+"""Which delivery status notifications an attempt calls for, made ready for the spool.
+
+Failures go to the envelope sender for the recipients whose NOTIFY asks for failures (all of
+them without NOTIFY), unless a ``bounce`` plugin says OK; never to ``<>``: a failing message
+from ``<>`` (a bounce, or relayed mail with a null sender) is reported to the postmaster as a
+double bounce, and a failing double bounce is logged and dropped. NOTIFY=SUCCESS gets a
+"relayed" report (or "delivered", for local delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ..config import Config
+from ..hooks import Action, DeliveryReport, HookRunner
+from ._attempt import outbound_connection
+from ._dsn import DsnAction, build_dsn
+from ._records import Envelope, Kind, Recipient
+
+log = logging.getLogger("trio_mta.queue")
+
+Notice = tuple[Envelope, bytes]
+
+
+class Notices:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        ids: Callable[[], str],
+        now: Callable[[], float],
+        runner: Callable[[], HookRunner | None],
+    ) -> None:
+        self.hostname = config.server.hostname
+        self.bounces = config.queue.bounces
+        self.postmaster = config.queue.postmaster or f"postmaster@{self.hostname}"
+        self.ids = ids
+        self.now = now
+        self.runner = runner
+
+    async def for_attempt(
+        self,
+        env: Envelope,
+        failed: list[Recipient],
+        delivered: list[Recipient],
+        message: bytes,
+    ) -> list[Notice]:
+        notices = await self._failures(env, failed, message) if failed else []
+        successes = [r for r in delivered if r.notify and r.wants("SUCCESS")]
+        if successes and env.sender is not None and env.kind is Kind.MESSAGE:
+            rows = [
+                (r, DsnAction.DELIVERED if r.remote == "local" else DsnAction.RELAYED)
+                for r in successes
+            ]
+            notices.append(self.make(env, rows, message, env.sender, Kind.BOUNCE))
+        return notices
+
+    async def _failures(
+        self, env: Envelope, failed: list[Recipient], message: bytes
+    ) -> list[Notice]:
+        if not self.bounces:
+            return []
+        runner = self.runner()
+        if runner is not None and runner.has("bounce"):
+            report = DeliveryReport(env.id, failed[0].domain, tuple(r.address for r in failed))
+            result, plugin = await runner.run("bounce", outbound_connection(env, None), report)
+            if result.action is Action.OK:
+                log.info("queue: %s bounce suppressed by plugin %s", env.id, plugin)
+                return []
+        if env.kind is Kind.DOUBLE_BOUNCE:
+            log.error("queue: %s: double bounce to the postmaster failed; dropped", env.id)
+            return []
+        if env.sender is None:  # never a bounce to <>: the postmaster hears of it
+            rows = [(r, DsnAction.FAILED) for r in failed]
+            return [self.make(env, rows, message, self.postmaster, Kind.DOUBLE_BOUNCE)]
+        wanted = [(r, DsnAction.FAILED) for r in failed if r.wants("FAILURE")]
+        return [self.make(env, wanted, message, env.sender, Kind.BOUNCE)] if wanted else []
+
+    def make(
+        self,
+        env: Envelope,
+        recipients: list[tuple[Recipient, DsnAction]],
+        message: bytes,
+        to: str,
+        kind: Kind,
+    ) -> Notice:
+        id = self.ids()
+        now = self.now()
+        data = build_dsn(
+            env,
+            recipients,
+            message,
+            hostname=self.hostname,
+            to=to,
+            message_id=id,
+            now=datetime.fromtimestamp(now, tz=UTC),
+        )
+        notice = Envelope(
+            id=id,
+            sender=None,
+            recipients=(Recipient(to),),
+            created=now,
+            next_attempt=now,
+            kind=kind,
+            smtputf8=env.smtputf8,
+            size=len(data),
+        )
+        return notice, data

@@ -1,0 +1,382 @@
+"""The queue service: spool recovery, the scheduler and the delivery workers, supervised.
+
+Theory of operation
+-------------------
+``serve`` recovers the spool (every entry is scheduled again, corrupt ones set aside), then
+runs in one supervisor nursery: the scheduler (sleeps until the next due time), the dispatcher
+(takes a slot of the active window, then the next due id, and starts a worker task for it) and,
+in the daemon, the SIGUSR1 watcher for ``trio-mta queue`` commands. Only then does it report
+ready, and the SMTP listeners start after it.
+
+``submit`` is the server's way in: the envelope and the message are stored durably (shielded
+from cancellation: once the data is on its way to disk the entry will exist, so it must also
+be scheduled) before the queue id is returned and the client gets its 250.
+
+A worker runs one attempt under ``attempt_timeout``. The attempt is the isolation boundary: an
+exception in it (a bug) is logged and counts as a temporary failure of every pending recipient,
+so the message is retried on the usual schedule and the supervisor never dies of it. After the
+attempt the bounces are stored first, then the envelope is updated or the entry removed: a
+crash in between may repeat a bounce, never lose one.
+
+Invariants: ``envelopes`` holds every entry in the spool (waiting, active or held); an id is
+waiting in the scheduler, active in one worker, or held; the active window bounds the number
+of workers (and so the messages in memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar, TypeVarTuple, Unpack
+
+import attrs
+import trio
+
+from ..config import Config
+from ..hooks import Connection, HookRunner
+from ..protocol import Reply
+from ..resolver import Resolver
+from ._attempt import Attempt, newly, settle
+from ._control import Command, read_commands, write_answer
+from ._deliver import Deliverer, Outcome, SMTPDeliverer
+from ._notices import Notices
+from ._records import Envelope, Recipient, Status
+from ._route import Router
+from ._schedule import Scheduler
+from ._spool import Spool
+
+log = logging.getLogger("trio_mta.queue")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+_SMALL = 256 * 1024  # messages up to this size are read on the event loop
+
+
+def spool_root(config: Config) -> Path:
+    return (
+        Path(config.queue.directory) if config.queue.directory else config.server.var_dir / "queue"
+    )
+
+
+class QueueIds:
+    """Ids for the messages the queue makes itself (bounces), unique across restarts."""
+
+    def __init__(self) -> None:
+        self._salt = os.urandom(3).hex()
+        self._count = 0
+
+    def __call__(self) -> str:
+        self._count += 1
+        return f"{int(time.time()):x}{self._salt}b{self._count:05x}"
+
+
+@attrs.define
+class QueueStats:
+    accepted: int = 0
+    attempts: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    bounces: int = 0
+    crashes: int = 0
+
+
+class QueueService:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resolver: Resolver,
+        runner: Callable[[], HookRunner | None] = lambda: None,
+        deliverer: Deliverer | None = None,
+        now: Callable[[], float] = time.time,
+        ids: Callable[[], str] | None = None,
+        signals: bool = False,
+        spool: Spool | None = None,
+    ) -> None:
+        q = config.queue
+        self.config = config
+        self.spool = spool or Spool(spool_root(config), fsync=q.fsync)
+        self.now = now
+        self.ids = ids or QueueIds()
+        self.signals = signals
+        self.scheduler = Scheduler()
+        deliverer = deliverer or SMTPDeliverer(
+            helo=config.server.hostname, connect_timeout=q.connect_timeout
+        )
+        self.attempt = Attempt(
+            config, router=Router(config, resolver), deliverer=deliverer, runner=runner
+        )
+        self.runner = runner
+        self.notices = Notices(config, ids=self.ids, now=now, runner=runner)
+        self.envelopes: dict[str, Envelope] = {}
+        self.corrupt: list[tuple[str, str]] = []
+        self.stats = QueueStats()
+        self.ready = trio.Event()
+        self._deleted: set[str] = set()
+        self._window = trio.Semaphore(q.active_window)
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ the server's side
+
+    async def submit(self, conn: Connection) -> str:
+        """``hooks.OutboundQueue``: store ``conn.transaction`` durably, schedule it."""
+        txn = conn.transaction
+        assert txn is not None
+        if not self.ready.is_set():
+            raise RuntimeError("the queue is not running")
+        now = self.now()
+        recipients = tuple(
+            Recipient(
+                str(a) if a.domain else f"{a}@{self.config.server.hostname}", p.notify, p.orcpt
+            )
+            for a, p in txn.recipients
+        )
+        params = txn.mail_params
+        env = Envelope(
+            id=txn.id,
+            sender=str(txn.sender) if txn.sender is not None else None,
+            recipients=recipients,
+            created=now,
+            next_attempt=now,
+            ret=params.ret,
+            envid=params.envid,
+            smtputf8=params.smtputf8,
+            body=params.body,
+            client=conn.client_ip,
+        )
+        with trio.CancelScope(shield=True):
+            env = await self.spool.store(env, txn.iter_message())
+            self._accept(env)
+        self.stats.accepted += 1
+        return env.id
+
+    def _accept(self, env: Envelope) -> None:
+        self.envelopes[env.id] = env
+        if not env.held:
+            self.scheduler.add(env.id, self._trio_time(env.next_attempt))
+
+    def _trio_time(self, wall: float) -> float:
+        return trio.current_time() + max(0.0, wall - self.now())
+
+    # ------------------------------------------------------------------ running
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # On the event loop, on purpose: nothing is served yet, and a thread here would let a
+        # test's autojump clock run ahead of the start-up.
+        envelopes, corrupt = self.spool.recover()
+        await trio.lowlevel.checkpoint()
+        self.corrupt.extend(corrupt)
+        for env in envelopes:
+            self._accept(env)
+        if envelopes or corrupt:
+            log.info("queue: recovered %d entries, %d corrupt", len(envelopes), len(corrupt))
+        pid_file = self.spool.root / "daemon.pid"
+        try:
+            async with trio.open_nursery() as supervisor:
+                send, receive = trio.open_memory_channel[str](0)
+                supervisor.start_soon(self.scheduler.run, send, name="queue scheduler")
+                supervisor.start_soon(self._dispatch, receive, supervisor, name="queue dispatch")
+                deliverer = self.attempt.deliverer
+                if isinstance(deliverer, SMTPDeliverer):
+                    supervisor.start_soon(deliverer.sessions.reap, name="queue session reaper")
+                if self.signals:
+                    await supervisor.start(self._watch_signals)
+                    pid_file.write_text(f"{os.getpid()}\n")
+                await self.control(at_start=True)
+                self.ready.set()
+                task_status.started()
+        finally:
+            if self.signals:
+                pid_file.unlink(missing_ok=True)
+            with trio.move_on_after(5, shield=True):
+                await self.spool.aclose()
+
+    async def _dispatch(
+        self, receive: trio.MemoryReceiveChannel[str], supervisor: trio.Nursery
+    ) -> None:
+        while True:
+            await self._window.acquire()
+            id = await receive.receive()
+            supervisor.start_soon(self._work, id, name=f"queue worker {id}")
+
+    async def _work(self, id: str) -> None:
+        env = self.envelopes.get(id)
+        try:
+            if env is None or env.held or id in self._deleted:
+                return
+            try:
+                message = await self._read(env)
+                outcomes: dict[str, Outcome] = {}
+                with trio.move_on_after(self.config.queue.attempt_timeout):
+                    await self.attempt.run(env, message, outcomes)
+                env = await self._finish(env, outcomes, message)
+            except Exception as exc:  # the isolation boundary of one attempt
+                log.exception("queue: attempt for %s crashed; retrying later", id)
+                self.stats.crashes += 1
+                if id in self.envelopes:
+                    # Kept in memory only (the disk may be what failed): the back-off grows.
+                    failure = Outcome(Reply(451, "4.3.0", f"Internal error: {exc!r}"[:200]))
+                    outcomes = dict.fromkeys((r.address for r in env.pending), failure)
+                    env = settle(env, outcomes, **self._retry())
+                    self.envelopes[id] = env
+        finally:
+            self.scheduler.done(id)
+            self._window.release()
+            current = self.envelopes.get(id)
+            if current is not None and not current.held and env is not None:
+                self.scheduler.add(id, self._trio_time(env.next_attempt))
+            self._notify_changed()
+
+    async def _read(self, env: Envelope) -> bytes:
+        path = self.spool.message_path(env.id)
+        if env.size <= _SMALL:
+            return path.read_bytes()
+        return await self._blocking(path.read_bytes)
+
+    async def _blocking(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """Disk work in a thread (on the event loop for an ``inline`` test spool)."""
+        if self.spool.inline:
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args)
+
+    def _retry(self) -> dict[str, float]:
+        q = self.config.queue
+        return {
+            "now": self.now(),
+            "retry_first": q.retry_first,
+            "retry_max": q.retry_max,
+            "give_up": q.give_up,
+        }
+
+    async def _finish(
+        self, old: Envelope, outcomes: dict[str, Outcome], message: bytes
+    ) -> Envelope:
+        new = settle(old, outcomes, **self._retry())
+        self.stats.attempts += 1
+        await self.attempt.notify(old, new)
+        failed = newly(old, new, Status.FAILED)
+        delivered = newly(old, new, Status.DELIVERED)
+        self.stats.delivered += len(delivered)
+        self.stats.failed += len(failed)
+        self.stats.deferred += len(new.pending)
+        for r in (*delivered, *failed):
+            log.info(
+                "queue: %s to=<%s> %s %s [%s]",
+                new.id,
+                r.address,
+                r.status.value,
+                f"{r.code} {r.enhanced} {r.text}",
+                r.remote,
+            )
+        notices = await self.notices.for_attempt(new, failed, delivered, message)
+        for notice, data in notices:
+            stored = await self.spool.store(notice, [data])
+            self._accept(stored)
+            self.stats.bounces += 1
+        current = self.envelopes.get(old.id)
+        if new.done or old.id in self._deleted:
+            await self.spool.remove(old.id)
+            self.envelopes.pop(old.id, None)
+            self._deleted.discard(old.id)
+            return new
+        new = attrs.evolve(new, held=current.held if current is not None else False)
+        await self.spool.update(new)
+        self.envelopes[old.id] = new
+        return new
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Until ``predicate()`` holds, checked after every attempt (for tests and drains)."""
+        while not predicate():
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------ control
+
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            task_status.started()
+            async for _ in signals:
+                await self.control()
+
+    async def control(self, *, at_start: bool = False) -> None:
+        """Run the commands ``trio-mta queue`` left in ``control/`` (read on the event loop at
+        start-up, in a thread afterwards)."""
+        if at_start:
+            commands = read_commands(self.spool.control)
+        else:
+            commands = await self._blocking(read_commands, self.spool.control)
+        for path, command in commands:
+            try:
+                answer = await self.apply(command)
+            except Exception as exc:  # a bad command must not stop the queue
+                log.exception("queue: control command %s failed", command)
+                answer = f"error: {exc}"
+            await self._blocking(write_answer, path, answer)
+
+    async def apply(self, command: Command) -> str:
+        verb, target = command.verb, command.target
+        if verb == "flush":
+            return self.flush(target)
+        env = self.envelopes.get(target or "")
+        if env is None or target is None:
+            return f"error: no message {target}"
+        if verb == "delete":
+            self._deleted.add(target)
+            self.scheduler.discard(target)
+            if target not in self.scheduler.active:
+                await self.spool.remove(target)
+                self.envelopes.pop(target, None)
+                self._deleted.discard(target)
+            return f"deleted {target}"
+        if verb in ("hold", "release"):
+            held = verb == "hold"
+            env = attrs.evolve(
+                env, held=held, next_attempt=self.now() if not held else env.next_attempt
+            )
+            self.envelopes[target] = env
+            if target not in self.scheduler.active:
+                await self.spool.update(env)
+            if held:
+                self.scheduler.discard(target)
+            else:
+                self.scheduler.add(target, trio.current_time())
+            return f"{'held' if held else 'released'} {target}"
+        return f"error: unknown command {command}"
+
+    def flush(self, target: str | None) -> str:
+        """Everything waiting (or one id, or one domain's messages) is due now."""
+        ids = self.scheduler.ids_waiting()
+        if target is not None:
+            lowered = target.lower()
+            ids = [
+                id
+                for id in ids
+                if id == target or any(r.domain == lowered for r in self.envelopes[id].pending)
+            ]
+            self.attempt.dead_until.pop(lowered, None)
+        else:
+            self.attempt.dead_until.clear()
+        now = trio.current_time()
+        for id in ids:
+            self.scheduler.add(id, now)
+        return f"flushed {len(ids)}"
+
+    def statistics(self) -> dict[str, int]:
+        held = sum(1 for e in self.envelopes.values() if e.held)
+        return {
+            "entries": len(self.envelopes),
+            "held": held,
+            "active": len(self.scheduler.active),
+            "waiting": len(self.scheduler),
+            "corrupt": len(self.corrupt),
+            **attrs.asdict(self.stats),
+        }

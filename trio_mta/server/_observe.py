@@ -1,0 +1,243 @@
+"""Events from the SMTP side: what the driver, the plugin runner and the loop watchdog publish.
+
+The driver calls these at every step; each bumps the bus's plain counters (for /metrics) and
+builds an event only when ``bus.active`` (a watcher is connected), so an unwatched daemon
+builds none, except ``transaction.end`` while the bus retains events for replay.
+
+Plugin calls are reported through the runner's ``observe`` callback, which the ``PluginHost``
+installs only while someone watches (or plugin metrics are on): the runner then times each
+call, which it otherwise skips.
+
+The plugin observer learns which session a call belongs to from ``CURRENT_SESSION``, which the
+driver sets in its own task (each connection is a task, so the variable is per connection).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+
+from ..events import (
+    AuthAttempted,
+    ConnectionClosed,
+    ConnectionOpened,
+    EventBus,
+    HeloReceived,
+    LoopBlocked,
+    MailReceived,
+    PluginCalled,
+    RcptReceived,
+    TlsStarted,
+    TransactionEnded,
+)
+from ..hooks import HookCall, SlowStep, log_slow_step
+from ..protocol import Helo, RcptTo, Reply
+from ._session import Session
+
+CURRENT_SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "trio_mta_current_session", default=None
+)
+
+
+def reply_text(reply: Reply) -> str:
+    """The first line of a reply with its enhanced code: ``2.1.0 Sender OK``."""
+    first = reply.text[0] if reply.text else ""
+    return f"{reply.enhanced} {first}" if reply.enhanced else first
+
+
+def connection_opened(bus: EventBus, s: Session) -> None:
+    bus.counters.connection_opened(s.listener)
+    if not bus.active:
+        return
+    bus.publish(
+        ConnectionOpened(
+            ts=bus.clock(),
+            conn=s.id,
+            ip=s.client_ip,
+            port=s.client_port,
+            listener=s.listener,
+            local_ip=s.local_ip,
+            local_port=s.local_port,
+        )
+    )
+
+
+def tls_started(bus: EventBus, s: Session) -> None:
+    if not bus.active:
+        return
+    bus.publish(
+        TlsStarted(
+            ts=bus.clock(), conn=s.id, ip=s.client_ip, version=s.tls_version, cipher=s.tls_cipher
+        )
+    )
+
+
+def auth_attempted(bus: EventBus, s: Session, mechanism: str | None, answer: Reply) -> None:
+    """An AUTH exchange ended (not a 334 challenge). Never carries credentials; the user only
+    when it succeeded."""
+    bus.counters.reply("auth", answer.code)
+    if not bus.active:
+        return
+    success = answer.code == 235
+    bus.publish(
+        AuthAttempted(
+            ts=bus.clock(),
+            conn=s.id,
+            ip=s.client_ip,
+            mechanism=mechanism,
+            success=success,
+            code=answer.code,
+            user=s.auth_user if success else None,
+        )
+    )
+
+
+def helo_received(bus: EventBus, s: Session, event: Helo, answer: Reply) -> None:
+    bus.counters.reply("helo", answer.code)
+    if not bus.active:
+        return
+    bus.publish(
+        HeloReceived(
+            ts=bus.clock(),
+            conn=s.id,
+            ip=s.client_ip,
+            name=event.name,
+            extended=event.extended,
+            code=answer.code,
+            reply=reply_text(answer),
+        )
+    )
+
+
+def mail_received(bus: EventBus, s: Session, answer: Reply) -> None:
+    bus.counters.reply("mail", answer.code)
+    txn = s.transaction
+    if txn is None or not bus.active:
+        return
+    bus.publish(
+        MailReceived(
+            ts=bus.clock(),
+            conn=s.id,
+            txn=txn.id,
+            ip=s.client_ip,
+            sender=str(txn.sender or ""),
+            code=answer.code,
+            reply=reply_text(answer),
+        )
+    )
+
+
+def rcpt_received(bus: EventBus, s: Session, event: RcptTo, answer: Reply) -> None:
+    bus.counters.reply("rcpt", answer.code)
+    if not bus.active:
+        return
+    txn = s.transaction
+    bus.publish(
+        RcptReceived(
+            ts=bus.clock(),
+            conn=s.id,
+            txn=txn.id if txn is not None else None,
+            ip=s.client_ip,
+            sender=str(txn.sender or "") if txn is not None else "",
+            recipient=str(event.recipient),
+            code=answer.code,
+            reply=reply_text(answer),
+        )
+    )
+
+
+def transaction_ended(
+    bus: EventBus, s: Session, outcome: str, answer: Reply | None, detail: str, duration: float
+) -> None:
+    txn = s.transaction
+    if txn is None:
+        return
+    size = txn.notes.get("size", 0)
+    size = size if isinstance(size, int) else 0
+    bus.counters.transaction_ended(outcome, size)
+    if answer is not None:
+        bus.counters.reply("data", answer.code)
+    if not (bus.active or bus.retain):  # kept for replay even unwatched: one per transaction
+        return
+    bus.publish(
+        TransactionEnded(
+            ts=bus.clock(),
+            conn=s.id,
+            txn=txn.id,
+            ip=s.client_ip,
+            helo=s.helo,
+            sender=str(txn.sender or ""),
+            recipients=tuple(str(address) for address, _ in txn.recipients),
+            size=size,
+            outcome=outcome,
+            code=answer.code if answer is not None else None,
+            reply=reply_text(answer) if answer is not None else _why(outcome, detail),
+            queue_id=txn.id if outcome == "accepted" else None,
+            duration=duration,
+        )
+    )
+
+
+def _why(outcome: str, detail: str) -> str:
+    # A reset (RSET, HELO, STARTTLS) happens on a live connection: the driver's detail is
+    # then only its default close reason, which says nothing.
+    return "reset by the client" if outcome == "reset" else detail
+
+
+def connection_closed(bus: EventBus, s: Session, reason: str, duration: float) -> None:
+    bus.counters.connection_closed(reason)
+    if not bus.active:
+        return
+    bus.publish(
+        ConnectionClosed(
+            ts=bus.clock(),
+            conn=s.id,
+            ip=s.client_ip,
+            reason=reason,
+            duration=duration,
+            transactions=s.transactions,
+        )
+    )
+
+
+def plugin_observer(bus: EventBus) -> Callable[[HookCall], None]:
+    """The runner's ``observe`` callback: one ``plugin.call`` event per plugin call."""
+    get_session = CURRENT_SESSION.get
+
+    def observe(call: HookCall) -> None:
+        s = get_session()
+        txn = s.transaction if s is not None else None
+        bus.publish(
+            PluginCalled(
+                ts=bus.clock(),
+                conn=s.id if s is not None else None,
+                txn=txn.id if txn is not None else None,
+                ip=s.client_ip if s is not None else None,
+                plugin=call.plugin,
+                hook=call.hook,
+                result=call.action.value,
+                duration=call.duration,
+                timed_out=call.timed_out,
+                error=call.error,
+            )
+        )
+
+    return observe
+
+
+def slow_step_reporter(bus: EventBus) -> Callable[[SlowStep], None]:
+    """The loop watchdog's report: logged as before, and a ``plugin.watchdog`` event."""
+
+    def report(step: SlowStep) -> None:
+        log_slow_step(step)
+        bus.publish(  # rare: always published (metrics count them)
+            LoopBlocked(
+                ts=bus.clock(),
+                duration=step.duration,
+                task=step.task,
+                plugin=step.plugin,
+                hook=step.hook,
+            )
+        )
+
+    return report
