@@ -248,15 +248,17 @@ class ServerConnection:
             del buf[: nl + 1]
             self._skipping_line = False
             return Rejected("", R.LINE_TOO_LONG)
-        limit = self._line_limit()
-        if nl < 0:
-            if len(buf) > limit:
+        # Most lines are short: the AUTH-aware limit is only worked out for a long one.
+        length = nl + 1 if nl >= 0 else len(buf)
+        if length > self.limits.command_line and length > self._line_limit():
+            if nl < 0:
                 self._skipping_line = True
                 del buf[:-1]
-            return NEED_DATA
-        if nl + 1 > limit:
+                return NEED_DATA
             del buf[: nl + 1]
             return Rejected("", R.LINE_TOO_LONG)
+        if nl < 0:
+            return NEED_DATA
         end = nl - 1 if nl and buf[nl - 1] == 0x0D else nl
         raw = bytes(buf[:end])
         del buf[: nl + 1]
