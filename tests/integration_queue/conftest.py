@@ -38,19 +38,18 @@ def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
-@attrs.frozen
-class Dnsmasq:
-    port: int
-    pid: int
+def free_dns_port() -> int:
+    while True:
+        port = free_port("127.0.0.1", socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
-@pytest.fixture(scope="package")
-def dnsmasq() -> Iterator[Dnsmasq]:
-    """dnsmasq on 127.0.0.1:<free port>, authoritative for ``.test`` (unknown names are
-    NXDOMAIN, known names without the asked type NODATA); stopped by its PID."""
-    if not Path(DNSMASQ).exists():
-        pytest.skip("dnsmasq is not installed (Debian: dnsmasq-base)")
-    port = free_port("127.0.0.1", socket.SOCK_DGRAM)
+def _start_dnsmasq(port: int) -> subprocess.Popen[bytes]:
     argv = [
         DNSMASQ,
         "--keep-in-foreground",
@@ -63,17 +62,45 @@ def dnsmasq() -> Iterator[Dnsmasq]:
         "--local=/test/",
         *DNS_RECORDS,
     ]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+    deadline = time.monotonic() + 10
+    while proc.poll() is None and time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.kill()
+    return False
+
+
+@attrs.frozen
+class Dnsmasq:
+    port: int
+    pid: int
+
+
+@pytest.fixture(scope="package")
+def dnsmasq() -> Iterator[Dnsmasq]:
+    """dnsmasq on 127.0.0.1:<free port>, authoritative for ``.test`` (unknown names are
+    NXDOMAIN, known names without the asked type NODATA); stopped by its PID."""
+    if not Path(DNSMASQ).exists():
+        pytest.skip("dnsmasq is not installed (Debian: dnsmasq-base)")
+    # dnsmasq binds UDP and TCP on its port: pick one free for both, and try again if another
+    # process took it meanwhile.
+    for attempt in range(5):
+        port = free_dns_port()
+        proc = _start_dnsmasq(port)
+        if _wait_listening(proc, port):
+            break
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        proc.wait()
+        if "in use" not in err or attempt == 4:
+            pytest.fail(f"dnsmasq did not start: {err}")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"dnsmasq did not start: {err}")
-            time.sleep(0.02)
         yield Dnsmasq(port, proc.pid)
     finally:
         proc.terminate()
