@@ -198,6 +198,9 @@ class HookRunner:
         ``stop``). Returns the index after it and the verdict, or None at the end."""
         count = len(entries)
         txn = conn.transaction
+        observe = self.observe
+        perf_counter = time.perf_counter
+        cont, result_type = CONT, Result  # locals: this loop is the per-call hot path
         while index < count:
             entry = entries[index]
             index += 1
@@ -206,9 +209,9 @@ class HookRunner:
                 txn is not None and txn.skip_plugins and entry.plugin.name in txn.skip_plugins
             ):
                 continue
-            self.active = entry
-            observe = self.observe
-            started = time.perf_counter() if observe is not None else 0.0
+            # No ``active`` mark here: a call that holds the loop has finished by the time the
+            # watchdog looks, and ``last`` names it.
+            started = perf_counter() if observe is not None else 0.0
             error: str | None = None
             try:
                 coro = entry.fn(conn, *args)
@@ -220,8 +223,8 @@ class HookRunner:
                     coro.close()  # type: ignore[attr-defined]  # a coroutine
                     raise RuntimeError("a hook judged unable to suspend did suspend")
                 if value is None:
-                    result = CONT
-                elif type(value) is Result:
+                    result = cont
+                elif type(value) is result_type:
                     result = value
                 else:
                     error = f"returned {type(value).__name__}, not a Result"
@@ -232,9 +235,8 @@ class HookRunner:
                     "conn=%s plugin %s failed on %s", conn.id, entry.plugin.name, entry.hook
                 )
                 result = entry.on_error
-            self.active = None
             self.last = entry
-            self.last_finished = finished = time.perf_counter()
+            self.last_finished = finished = perf_counter()
             if observe is not None:
                 observe(
                     HookCall(
@@ -246,7 +248,7 @@ class HookRunner:
                         error,
                     )
                 )
-            if stop and result.action is not Action.CONT:
+            if stop and result is not cont and result.action is not Action.CONT:
                 return index, result
         return index, None
 
