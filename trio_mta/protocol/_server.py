@@ -77,6 +77,29 @@ _PROBLEM_RANK = (R.TEXT_LINE_TOO_LONG, R.BARE_LINE_ENDING, R.MESSAGE_TOO_BIG)
 class ServerConnection:
     """The server role of one SMTP connection. Not thread-safe; one driver task owns it."""
 
+    # One per connection, thousands held idle: slots keep each one small.
+    __slots__ = (
+        "_buf",
+        "_chunk_last",
+        "_chunk_left",
+        "_chunk_pending",
+        "_chunk_valid",
+        "_data_end_pending",
+        "_data_problem",
+        "_data_size",
+        "_eof",
+        "_owed",
+        "_skipping_line",
+        "authenticated",
+        "extended",
+        "helo",
+        "limits",
+        "recipient_count",
+        "smtputf8",
+        "state",
+        "tls",
+    )
+
     def __init__(self, limits: ProtocolLimits | None = None, *, tls: bool = False) -> None:
         self.limits = limits or ProtocolLimits()
         self.state = State.CONNECTED

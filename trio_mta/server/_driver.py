@@ -84,6 +84,41 @@ class Phase:
 
 
 class ConnectionDriver:
+    # One per connection, thousands held idle: slots keep each one small.
+    __slots__ = (
+        "_auth_mechanism",
+        "_banner_deadline",
+        "_bdat_refusal",
+        "_blocked",
+        "_data_deadline",
+        "_handshaking",
+        "_implicit_tls",
+        "_seen_command",
+        "_session_deadline",
+        "_t_block",
+        "_t_command",
+        "_watch_scope",
+        "_watching",
+        "auth",
+        "bus",
+        "close_reason",
+        "closing",
+        "config",
+        "conn",
+        "errors",
+        "handler",
+        "hung_up",
+        "idle",
+        "ids",
+        "nursery",
+        "out",
+        "phase",
+        "scope",
+        "session",
+        "tls",
+        "transport",
+    )
+
     def __init__(
         self,
         transport: Transport,
