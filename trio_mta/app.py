@@ -68,14 +68,20 @@ def load_plugin_set(config: Config) -> PluginSet:
     )
 
 
-def make_queue(config: Config, host: PluginHost) -> QueueService:
-    """The outbound queue; its hooks run on the plugin generation current at each attempt."""
+def make_queue(config: Config, host: PluginHost, bus: EventBus | None = None) -> QueueService:
+    """The outbound queue; its hooks run on the plugin generation current at each attempt.
+
+    Its delivery events go on ``bus`` while a watcher is subscribed, and always with
+    ``[admin]`` on (the metrics count them, and replay keeps them: they are rare)."""
     nameservers = [parse_nameserver(n) for n in config.resolver.nameservers]
+    admin = config.admin.enabled
     return QueueService(
         config,
         resolver=DNSResolver(nameservers or None),
         runner=lambda: HookRunner(host.current, sandbox=host.sandbox),
         signals=True,  # SIGUSR1: run the commands of `trio-mta queue`
+        publish=bus.publish if bus is not None else None,
+        wanted=(lambda: True) if admin else (lambda: bus is not None and bus.active),
     )
 
 
@@ -157,7 +163,7 @@ async def run(
                     on_admin(admin_address)
             if config.queue.enabled:
                 # Spool recovered and workers up before the first client can relay a message.
-                queue = make_queue(config, host)
+                queue = make_queue(config, host, bus)
                 await services.start(queue.serve)
                 host.queue = queue
             server = SMTPServer(config, host.handler, tls=tls, bus=bus)

@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 # pref.test: two MX hosts, the better one up.      fallback.test: the better one dark.
 # implicit.test: no MX, an A record.               nullmx.test: MX 0 . (RFC 7505)
 # sender.test: where bounces go.                   noaddr.test: an MX without an address.
+# tls.test: an MX on 127.0.0.10, for a peer with STARTTLS (started by its test).
 DNS_RECORDS = [
     "--mx-host=pref.test,mx2.pref.test,20",
     "--mx-host=pref.test,mx1.pref.test,10",
@@ -33,6 +34,8 @@ DNS_RECORDS = [
     "--mx-host=relay.test,mx.relay.test,10",
     "--host-record=mx.relay.test,127.0.0.8",
     "--mx-host=noaddr.test,nowhere.noaddr.test,10",
+    "--mx-host=tls.test,mx.tls.test,10",
+    "--host-record=mx.tls.test,127.0.0.10",
     # A TXT answer well over 512 octets: UDP says "truncated", the resolver asks over TCP.
     "--txt-record=long.test," + ",".join(["x" * 200] * 8),
     "--txt-record=spf.test,v=spf1 -all",
@@ -46,6 +49,7 @@ class Received:
     recipients: tuple[str, ...]
     data: bytes
     session: int = 0  # which SMTP session brought it (connection reuse)
+    tls: bool = False  # it came over TLS (STARTTLS)
 
 
 class PeerHandler:
@@ -83,6 +87,7 @@ class PeerHandler:
                     tuple(envelope.rcpt_tos),
                     bytes(content),
                     id(session),
+                    tls=session.ssl is not None,
                 )
             )
             self.arrived.notify_all()

@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from trio_mta.config import Config, QueueConfig, RouteConfig, ServerConfig
+from trio_mta.events import Event
 from trio_mta.hooks import Connection, HookRunner, Message, Transaction
 from trio_mta.protocol import Address, MailParams, RcptParams, Reply
 from trio_mta.queue import (
@@ -122,6 +123,8 @@ def make_service(
     runner: Callable[[], HookRunner | None] = lambda: None,
     routes: tuple[RouteConfig, ...] = (),
     resolver: StaticResolver = RESOLVER,
+    publish: Callable[[Event], None] | None = None,
+    wanted: Callable[[], bool] = lambda: True,
     **queue: object,
 ) -> QueueService:
     config = make_config(var_dir, routes=routes, **queue)
@@ -132,6 +135,8 @@ def make_service(
         deliverer=deliverer,
         runner=runner,
         now=lambda: EPOCH + trio.current_time(),
+        publish=publish,
+        wanted=wanted,
     )
 
 

@@ -39,6 +39,11 @@ def _positive(*, zero_ok: bool = False) -> _FloatCheck:
     return check
 
 
+def _rate(_inst: object, _attr: object, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite number of messages per second, 0 or more (got {value})")
+
+
 def _range(low: int, high: int) -> _IntCheck:
     def check(_inst: object, _attr: object, value: int) -> None:
         if not low <= value <= high:
@@ -89,6 +94,10 @@ class QueueConfig:
     dns_timeout: float = attrs.field(default=20.0, validator=_positive())
     # A destination none of whose hosts answered is not tried again for this long.
     dead_destination: float = attrs.field(default=60.0, validator=_positive(zero_ok=True))
+    # Messages per second to one destination (0: no limit), with bursts of up to
+    # ``destination_burst`` after a quiet spell.
+    destination_rate: float = attrs.field(default=0.0, validator=_rate)
+    destination_burst: int = attrs.field(default=5, validator=_range(1, 10000))
     starttls: TlsPolicy = attrs.field(default=TlsPolicy.OPPORTUNISTIC, converter=TlsPolicy)
     bounces: bool = True
     # Where double bounces go; "" is postmaster@<server.hostname>.

@@ -8,7 +8,10 @@ asks the ``send_email`` plugins (OK: a plugin delivered it), then takes the loca
 ``CapacityLimiter`` (taken first, so a message waiting for a busy destination holds no global
 slot) and the global one. A destination none of whose hosts could be reached is marked dead for
 ``dead_destination`` seconds: its other messages are deferred without trying, instead of each
-waiting out the same connect timeouts.
+waiting out the same connect timeouts. With ``destination_rate``, a group about to connect first
+reserves its slot in the destination's token bucket (``RateLimits``) and sleeps until it is
+due, before taking either limiter; the attempt's deadline (``attempt_timeout``) is then counted
+from that time, so waiting for a busy destination's turn never times an attempt out.
 
 ``settle`` then folds the outcomes into the envelope (pure: no I/O), which is what the unit
 tests exercise: 2xx delivered, 5xx failed, 4xx pending with the next attempt on the retry
@@ -24,6 +27,7 @@ import attrs
 import trio
 
 from ..config import Config
+from ..events import DeliveryAttempted, Event
 from ..hooks import (
     Action,
     Connection,
@@ -36,6 +40,7 @@ from ..hooks import (
 )
 from ..protocol import MailParams, RcptParams, Reply, parse_path
 from ._deliver import Deliverer, GroupResult, Outcome
+from ._rate import RateLimits
 from ._records import Envelope, Recipient, Status
 from ._route import Route, RouteError, Router
 from ._schedule import retry_delay
@@ -96,14 +101,21 @@ class Attempt:
         router: Router,
         deliverer: Deliverer,
         runner: Callable[[], HookRunner | None],
+        publish: Callable[[Event], None] | None = None,
+        wanted: Callable[[], bool] = lambda: True,
+        now: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.config = config
+        self.publish = publish
+        self.wanted = wanted
+        self.now = now
         self.router = router
         self.deliverer = deliverer
         self.runner = runner
         self.local_domains = frozenset(config.server.local_domains)
         self.global_limit = trio.CapacityLimiter(config.queue.concurrency)
         self._limits: dict[str, trio.CapacityLimiter] = {}
+        self.rates = RateLimits(config.queue.destination_rate, config.queue.destination_burst)
         self.dead_until: dict[str, float] = {}  # trio time
 
     def limiter(self, key: str) -> trio.CapacityLimiter:
@@ -112,9 +124,16 @@ class Attempt:
             limiter = self._limits[key] = trio.CapacityLimiter(self.config.queue.per_destination)
         return limiter
 
-    async def run(self, env: Envelope, message: bytes, outcomes: dict[str, Outcome]) -> None:
+    async def run(
+        self,
+        env: Envelope,
+        message: bytes,
+        outcomes: dict[str, Outcome],
+        deadline: trio.CancelScope | None = None,
+    ) -> None:
         """Deliver to every pending recipient; outcomes land in ``outcomes`` as they come
-        (so a timed-out attempt keeps those that arrived in time)."""
+        (so a timed-out attempt keeps those that arrived in time). ``deadline``: the scope
+        that times the attempt out, pushed back while a group waits for its rate slot."""
         groups: dict[str, tuple[Route, list[Recipient]]] = {}
         for r in env.pending:
             route = self.router.route(r.domain)  # a smart host takes every domain at once
@@ -123,7 +142,7 @@ class Attempt:
         async with trio.open_nursery() as destinations:
             for route, recipients in groups.values():
                 destinations.start_soon(
-                    self._group, runner, env, route, recipients, message, outcomes
+                    self._group, runner, env, route, recipients, message, outcomes, deadline
                 )
 
     async def _group(
@@ -134,6 +153,7 @@ class Attempt:
         recipients: list[Recipient],
         message: bytes,
         out: dict[str, Outcome],
+        deadline: trio.CancelScope | None = None,
     ) -> None:
         domain = route.domain
 
@@ -153,6 +173,7 @@ class Attempt:
                 answer(_reply_of(result, soft, Reply(550, "5.3.0", "Refused by plugin")))
                 return
         if domain in self.local_domains and route.config is None:
+            self._attempted(env, route, recipients, None)
             answer(*await self._local(runner, conn))
             return
         if self.dead_until.get(route.key, 0.0) > trio.current_time():
@@ -168,13 +189,35 @@ class Attempt:
         except trio.TooSlowError:
             answer(Reply(451, "4.4.3", f"DNS lookup for {domain} timed out"))
             return
+        due = self.rates.reserve(route.key)
+        if due > trio.current_time():
+            if deadline is not None:
+                deadline.deadline = max(deadline.deadline, due + self.config.queue.attempt_timeout)
+            await trio.sleep_until(due)
         async with self.limiter(route.key), self.global_limit:
+            self._attempted(env, route, recipients, route.hops[0].name if route.hops else None)
             done: GroupResult = await self.deliverer.deliver(route, env, recipients, message)
         if done.unreachable and self.config.queue.dead_destination > 0:
             self.dead_until[route.key] = trio.current_time() + self.config.queue.dead_destination
         else:
             self.dead_until.pop(route.key, None)
         out.update(done.outcomes)
+
+    def _attempted(
+        self, env: Envelope, route: Route, recipients: list[Recipient], host: str | None
+    ) -> None:
+        """``delivery.attempt``, only if someone listens (O(1) when nobody does)."""
+        if self.publish is not None and self.wanted():
+            self.publish(
+                DeliveryAttempted(
+                    ts=self.now(),
+                    txn=env.id,
+                    recipients=tuple(r.address for r in recipients),
+                    domain=route.domain,
+                    attempt=env.attempts + 1,
+                    mx_host=host,
+                )
+            )
 
     async def _get_mx(
         self, runner: HookRunner | None, conn: Connection | None, domain: str

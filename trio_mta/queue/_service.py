@@ -18,6 +18,10 @@ so the message is retried on the usual schedule and the supervisor never dies of
 attempt the bounces are stored first, then the envelope is updated or the entry removed: a
 crash in between may repeat a bounce, never lose one.
 
+Delivery events (``delivery.*``) go out through the injected ``publish`` callable, and are not
+even built unless ``wanted()`` says someone listens: the attempt publishes ``delivery.attempt``
+per destination, ``_published`` one outcome event per domain, host and reply after it.
+
 Invariants: ``envelopes`` holds every entry in the spool (waiting, active or held); an id is
 waiting in the scheduler, active in one worker, or held; the active window bounds the number
 of workers (and so the messages in memory).
@@ -37,6 +41,7 @@ import attrs
 import trio
 
 from ..config import Config
+from ..events import Delivered, DeliveryBounced, DeliveryDeferred, Event
 from ..hooks import Connection, HookRunner
 from ..protocol import Reply
 from ..resolver import Resolver
@@ -97,6 +102,8 @@ class QueueService:
         ids: Callable[[], str] | None = None,
         signals: bool = False,
         spool: Spool | None = None,
+        publish: Callable[[Event], None] | None = None,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         q = config.queue
         self.config = config
@@ -108,8 +115,16 @@ class QueueService:
         deliverer = deliverer or SMTPDeliverer(
             helo=config.server.hostname, connect_timeout=q.connect_timeout
         )
+        self.publish = publish
+        self.wanted = wanted
         self.attempt = Attempt(
-            config, router=Router(config, resolver), deliverer=deliverer, runner=runner
+            config,
+            router=Router(config, resolver),
+            deliverer=deliverer,
+            runner=runner,
+            publish=publish,
+            wanted=wanted,
+            now=now,
         )
         self.runner = runner
         self.notices = Notices(config, ids=self.ids, now=now, runner=runner)
@@ -212,8 +227,8 @@ class QueueService:
             try:
                 message = await self._read(env)
                 outcomes: dict[str, Outcome] = {}
-                with trio.move_on_after(self.config.queue.attempt_timeout):
-                    await self.attempt.run(env, message, outcomes)
+                with trio.move_on_after(self.config.queue.attempt_timeout) as deadline:
+                    await self.attempt.run(env, message, outcomes, deadline)
                 env = await self._finish(env, outcomes, message)
             except Exception as exc:  # the isolation boundary of one attempt
                 log.exception("queue: attempt for %s crashed; retrying later", id)
@@ -222,8 +237,9 @@ class QueueService:
                     # Kept in memory only (the disk may be what failed): the back-off grows.
                     failure = Outcome(Reply(451, "4.3.0", f"Internal error: {exc!r}"[:200]))
                     outcomes = dict.fromkeys((r.address for r in env.pending), failure)
-                    env = settle(env, outcomes, **self._retry())
+                    old, env = env, settle(env, outcomes, **self._retry())
                     self.envelopes[id] = env
+                    self._published(old, env)
         finally:
             self.scheduler.done(id)
             self._window.release()
@@ -260,6 +276,7 @@ class QueueService:
         new = settle(old, outcomes, **self._retry())
         self.stats.attempts += 1
         await self.attempt.notify(old, new)
+        self._published(old, new)
         failed = newly(old, new, Status.FAILED)
         delivered = newly(old, new, Status.DELIVERED)
         self.stats.delivered += len(delivered)
@@ -289,6 +306,41 @@ class QueueService:
         await self.spool.update(new)
         self.envelopes[old.id] = new
         return new
+
+    def _published(self, old: Envelope, new: Envelope) -> None:
+        """``delivery.delivered``, ``.deferred`` and ``.bounced`` for what this attempt
+        changed: one event per domain, answering host and reply. Skipped when nobody
+        listens."""
+        if self.publish is None or not self.wanted():
+            return
+        before = {r.address: r.status for r in old.recipients}
+        groups: dict[tuple[Status, str, str, int, str], list[str]] = {}
+        for r in new.recipients:
+            if before[r.address] is Status.PENDING:
+                reply = f"{r.enhanced} {r.text}" if r.enhanced else r.text
+                key = (r.status, r.domain, r.remote, r.code, reply)
+                groups.setdefault(key, []).append(r.address)
+        now = self.now()
+        for (status, domain, remote, code, reply), addresses in groups.items():
+            recipients, host = tuple(addresses), remote or None
+            event: Event
+            if status is Status.DELIVERED:
+                event = Delivered(
+                    ts=now, txn=new.id, recipients=recipients, domain=domain,
+                    attempt=new.attempts, mx_host=host, code=code, reply=reply,
+                )  # fmt: skip
+            elif status is Status.FAILED:
+                event = DeliveryBounced(
+                    ts=now, txn=new.id, recipients=recipients, domain=domain,
+                    attempt=new.attempts, mx_host=host, code=code or None, reply=reply,
+                )  # fmt: skip
+            else:
+                event = DeliveryDeferred(
+                    ts=now, txn=new.id, recipients=recipients, domain=domain,
+                    attempt=new.attempts, mx_host=host, code=code or None, reply=reply,
+                    until=new.next_attempt,
+                )  # fmt: skip
+            self.publish(event)
 
     def _notify_changed(self) -> None:
         self._changed.set()
