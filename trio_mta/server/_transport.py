@@ -45,17 +45,50 @@ class SocketTransport:
         self.raw = raw  # the same socket, for the non-blocking peek
         self.sock = trio.socket.from_stdlib_socket(raw)
 
+    # receive/send_all follow trio.socket's own discipline (a cancellation check, the call
+    # tried at once, a wait only if it would block, a schedule point after an immediate
+    # success) without its per-call async context manager, which cost more than the syscall.
+
     async def receive(self) -> bytes:
+        raw = self.raw
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            return await self.sock.recv(RECV_SIZE)
+            data = raw.recv(RECV_SIZE)
+        except BlockingIOError:
+            return await self._receive_waiting()
         except OSError:
             return b""
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    async def _receive_waiting(self) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(self.raw)
+            try:
+                return self.raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
 
     async def send_all(self, data: bytes) -> None:
+        raw = self.raw
         view = memoryview(data)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            sent = raw.send(view)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(view):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        view = view[sent:]
         while view:
-            sent = await self.sock.send(view)
-            view = view[sent:]
+            await trio.lowlevel.wait_writable(raw)
+            try:
+                view = view[raw.send(view) :]
+            except BlockingIOError:
+                continue
 
     def has_pending_input(self) -> bool:
         try:
