@@ -8,7 +8,6 @@ it current, and shuts the old one down once its last connection has ended.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,7 +53,8 @@ class PluginHost:
         self.sandbox = sandbox
         self.spill_dir = spill_dir
         self.observe = observe
-        self._runners: weakref.WeakSet[HookRunner] = weakref.WeakSet()  # the live sessions'
+        # The live sessions' runners (a plain set: each is removed when its session ends).
+        self._runners: set[HookRunner] = set()
         self._users: dict[int, int] = {}
         self._retired: dict[int, PluginSet] = {}
         self._send, self._recv = trio.open_memory_channel[PluginSet](16)
@@ -67,7 +67,7 @@ class PluginHost:
         runner = HookRunner(plugins, sandbox=self.sandbox, observe=self.observe)
         self._runners.add(runner)
         return _CountedHandler(
-            runner, self.spill_dir, lambda: self._release(generation), self.queue
+            runner, self.spill_dir, lambda: self._release(generation, runner), self.queue
         )
 
     def set_observe(self, observe: Callable[[HookCall], None] | None) -> None:
@@ -78,7 +78,8 @@ class PluginHost:
         for runner in list(self._runners):
             runner.observe = observe
 
-    def _release(self, generation: int) -> None:
+    def _release(self, generation: int, runner: HookRunner) -> None:
+        self._runners.discard(runner)
         left = self._users[generation] - 1
         self._users[generation] = left
         if left == 0 and generation in self._retired:
