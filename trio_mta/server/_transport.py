@@ -42,8 +42,15 @@ class Transport(Protocol):
 
 class SocketTransport:
     def __init__(self, raw: stdlib_socket.socket) -> None:
-        self.raw = raw  # the same socket, for the non-blocking peek
-        self.sock = trio.socket.from_stdlib_socket(raw)
+        self.raw = raw
+        self._sock: trio.socket.SocketType | None = None
+
+    @property
+    def sock(self) -> trio.socket.SocketType:
+        """The trio socket over ``raw``, made on first use (only STARTTLS needs one)."""
+        if self._sock is None:
+            self._sock = trio.socket.from_stdlib_socket(self.raw)
+        return self._sock
 
     # receive/send_all follow trio.socket's own discipline (a cancellation check, the call
     # tried at once, a wait only if it would block, a schedule point after an immediate
@@ -99,7 +106,7 @@ class SocketTransport:
             return True
 
     async def wait_input(self) -> None:
-        await trio.lowlevel.wait_readable(self.sock)
+        await trio.lowlevel.wait_readable(self.raw)
 
     def at_eof(self) -> bool:
         try:
@@ -112,7 +119,11 @@ class SocketTransport:
     async def aclose(self) -> None:
         # Deliberately no checkpoint: a plain close is what the hot path can afford, and it
         # must also work inside an already-cancelled scope.
-        self.sock.close()
+        if self._sock is not None:
+            self._sock.close()
+        else:
+            trio.lowlevel.notify_closing(self.raw)
+            self.raw.close()
 
 
 class StreamTransport:
