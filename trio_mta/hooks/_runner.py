@@ -301,17 +301,14 @@ class HookRunner:
         entry: HookEntry,
         conn: Connection,
         args: tuple[object, ...],
-        scope: trio.CancelScope | None,
+        scope: trio.CancelScope,
     ) -> Result:
         observe = self.observe
         started = time.perf_counter() if observe is not None else 0.0
         error: str | None = None
         self.active = entry
         try:
-            if scope is None:
-                value = self._invoke_now(entry, conn, args)
-            else:
-                value = await self._invoke(entry, conn, args, scope)
+            value = await self._invoke(entry, conn, args, scope)
             if value is None:
                 result = CONT
             elif type(value) is Result:
@@ -337,17 +334,6 @@ class HookRunner:
                 )
             )
         return result
-
-    @staticmethod
-    def _invoke_now(entry: HookEntry, conn: Connection, args: tuple[object, ...]) -> object:
-        """A call that cannot suspend: run its coroutine to the end right here."""
-        coro: Coroutine[object, object, object] = entry.fn(conn, *args)  # type: ignore[assignment]
-        try:
-            coro.send(None)
-        except StopIteration as stop:
-            return stop.value
-        coro.close()
-        raise RuntimeError("a hook judged unable to suspend did suspend")
 
     async def _invoke(
         self,
