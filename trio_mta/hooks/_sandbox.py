@@ -260,7 +260,7 @@ class ProcessSandbox:
         command = [self.python, "-P", "-c", WORKER_MAIN]
         command += [str(self.memory_mb), str(self.cpu_seconds), str(level)]
         process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_worker_env()
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env()
         )
         worker = _Worker(process)
         try:
@@ -289,7 +289,7 @@ async def open_sandbox(
             nursery.cancel_scope.cancel()
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     """The parent's environment, with the directory holding ``trio_mta`` first on the path."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent.parent)
