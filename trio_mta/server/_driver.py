@@ -61,6 +61,7 @@ from ..protocol import replies as R
 from . import _observe as observe
 from ._auth import AuthFailures, ConnectionAuth
 from ._handler import SessionHandler
+from ._hangup import HangupSweep
 from ._received import received_header
 from ._session import IdGenerator, Session, Transaction
 from ._tls import TlsHandshakeError, TlsProvider, close_tls, forget_plaintext, handshake
@@ -107,6 +108,7 @@ class ConnectionDriver:
         "conn",
         "errors",
         "handler",
+        "hangups",
         "hung_up",
         "idle",
         "ids",
@@ -130,6 +132,7 @@ class ConnectionDriver:
         *,
         is_closing: trio.Event,
         nursery: trio.Nursery | None = None,
+        hangups: HangupSweep | None = None,
         tls: TlsProvider | None = None,
         implicit_tls: bool = False,
         auth_failures: AuthFailures | None = None,
@@ -140,11 +143,12 @@ class ConnectionDriver:
         self._auth_mechanism: str | None = None
         self.transport = transport
         self.nursery = nursery
+        self.hangups = hangups  # None: a hang-up is noticed only when the plugin call returns
         self.hung_up = False
         self._blocked = 0
         self._watching = False
         self._watch_scope: trio.CancelScope | None = None
-        if nursery is not None:
+        if nursery is not None and hangups is not None:
             handler.watch_blocking(self._on_block, self._on_unblock)
         self.session = session
         self.config = config
@@ -197,14 +201,22 @@ class ConnectionDriver:
 
     def _on_block(self) -> None:
         self._blocked += 1
-        if not self._watching and not self.hung_up and self.nursery is not None:
-            self._watching = True
-            self.nursery.start_soon(self._watch_hangup)
+        if self._blocked == 1 and self.hangups is not None and not self.hung_up:
+            self.hangups.blocked(self)
 
     def _on_unblock(self) -> None:
         self._blocked -= 1
-        if self._blocked == 0 and self._watch_scope is not None:
-            self._watch_scope.cancel()
+        if self._blocked == 0:
+            if self.hangups is not None:
+                self.hangups.unblocked(self)
+            if self._watch_scope is not None:
+                self._watch_scope.cancel()
+
+    def watch_hangup(self) -> None:
+        """Called by the server's sweep once a plugin call has blocked for a while."""
+        if self._blocked and not self._watching and not self.hung_up and self.nursery is not None:
+            self._watching = True
+            self.nursery.start_soon(self._watch_hangup)
 
     async def _watch_hangup(self) -> None:
         """While a plugin call blocks, a client that hangs up cancels the session at once

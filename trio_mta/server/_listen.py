@@ -35,6 +35,7 @@ from ..protocol import BareLineEndingPolicy, ProtocolLimits, ServerConnection
 from ._auth import AuthFailures
 from ._driver import ConnectionDriver
 from ._handler import SessionHandler
+from ._hangup import HangupSweep
 from ._session import IdGenerator, Session
 from ._tls import TlsProvider
 from ._transport import SocketTransport
@@ -113,6 +114,7 @@ class SMTPServer:
         self.limits = protocol_limits(config)
         self.auth_failures = AuthFailures(config.auth)  # failed AUTH per client, all listeners
         self.drivers: set[ConnectionDriver] = set()
+        self.hangups = HangupSweep()
         self.per_ip: dict[str, int] = {}
         self.active = 0
         self._idle = trio.Event()
@@ -135,6 +137,7 @@ class SMTPServer:
             bound.append(BoundListener(listener.name, host, port))
         try:
             async with trio.open_nursery() as connections:
+                connections.start_soon(self.hangups.run)
                 async with trio.open_nursery() as accepters:
                     for sock, listener in zip(self._sockets, self.config.listeners, strict=True):
                         accepters.start_soon(self._accept_loop, sock, listener, connections)
@@ -242,6 +245,7 @@ class SMTPServer:
             ServerConnection(self.limits, tls=implicit_tls),
             is_closing=self.closing,
             nursery=nursery,
+            hangups=self.hangups,
             tls=self.tls,
             implicit_tls=implicit_tls,
             auth_failures=self.auth_failures,
