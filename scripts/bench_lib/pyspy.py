@@ -160,7 +160,7 @@ def report(profile: Profile, top: int = 25) -> list[str]:
     total = max(samples.total, 1)
     mode = "reused connections (-d)" if profile.run.reuse else "a connection per message"
     lines = [
-        f"## Profile: trio-mta discard, concurrency {profile.run.concurrency}, {mode}",
+        f"## Profile: trio-mta, concurrency {profile.run.concurrency}, {mode}",
         "",
         f"{profile.run.messages} messages in {profile.run.seconds:.2f} s under py-spy "
         f"({profile.run.rate:.0f} msg/s, {profile.run.cpu_us_per_message:.0f} µs CPU/msg "
