@@ -53,6 +53,7 @@ R = TypeVar("R")
 WORKER_MAIN = "import sys; from trio_mta.storage.worker import main; main(sys.argv[1:])"
 _START_DEADLINE = 30.0  # seconds for the child to import and build its processor
 _STOP_DEADLINE = 30.0  # seconds for the child to finish its work once told to stop
+STALL = 60.0  # seconds without any answer, jobs waiting, after which the child is replaced
 _BUFFER = 4 << 20  # socket buffers: a batch of ordinary messages fits without waiting
 _IOV_MAX = 512  # buffers per sendmsg, well under the kernel's IOV_MAX
 _PICKLE = pickle.HIGHEST_PROTOCOL
@@ -86,6 +87,7 @@ class _Child:
         self.finished = trio.Event()
         self.dead: BaseException | None = None
         self.closing = False
+        self.progress = trio.current_time()  # when the child last answered (or started)
 
     # ------------------------------------------------------------------------ sending
 
@@ -180,6 +182,7 @@ class _Child:
             self.hello = reply
             self.ready.set()
             return
+        self.progress = trio.current_time()
         slots = self.slots
         for seq, ok, value in reply:
             slot = slots.pop(seq, None)
@@ -221,11 +224,13 @@ class BatchProcess(Generic[J, R]):
         factory: Callable[..., Callable[[Sequence[tuple[J, bytes]]], Sequence[R | BaseException]]],
         *args: object,
         name: str = "batch-process",
+        stall: float = STALL,
         **kwargs: object,
     ) -> None:
         module = factory.__module__
         file = getattr(sys.modules.get(module), "__file__", None)
         self.name = name
+        self.stall = stall
         self._init = pickle.dumps((module, factory.__qualname__, file, args, kwargs), _PICKLE)
         self._child: _Child | None = None
         self._start_lock = trio.Lock()
@@ -252,11 +257,23 @@ class BatchProcess(Generic[J, R]):
             child.send([JOB_HEAD.pack(len(meta), sum(map(len, payload))) + meta, *payload])
             await slot.done.wait()
         finally:
-            if not slot.done.is_set():
+            if not slot.done.is_set():  # our caller gave up (its deadline, a hang-up)
+                self._replace_if_stalled(child)
                 child.slots.pop(seq, None)
         if slot.ok:
             return slot.value  # type: ignore[no-any-return]
         raise slot.value
+
+    def _replace_if_stalled(self, child: _Child) -> None:
+        """A child that has answered nothing for ``stall`` seconds while jobs wait is killed
+        (its jobs fail) and the next job starts another. Checked when a caller gives up, so
+        the hot path carries no timer: callers have deadlines (the plugin timeout), and the
+        first to expire after ``stall`` seconds of silence does it."""
+        if child.dead is None and trio.current_time() - child.progress >= self.stall:
+            error = BatchProcessError(f"{self.name}: no answer from the child for {self.stall:g}s")
+            log.error("%s; killing pid %d", error, child.process.pid)
+            child.fail(error)
+            child.process.kill()
 
     async def _start(self) -> _Child:
         async with self._start_lock:
