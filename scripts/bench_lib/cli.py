@@ -246,7 +246,8 @@ def throughput_table(args: argparse.Namespace, runs: list[Run], names: Sequence[
     lines += [
         "",
         "msg/s: median of the repeats (min..max in brackets). µs CPU/msg: the server process's "
-        "utime+stime (all threads, /proc/PID/stat) over the run ÷ messages, median. "
+        "utime+stime (all threads, /proc/PID/stat; its child processes included, e.g. the "
+        "Maildir writer) over the run ÷ messages, median. "
         "Ratio cells: throughput trio-mta ÷ aiosmtpd / CPU efficiency "
         "(aiosmtpd µs ÷ trio-mta µs); above 1x trio-mta is ahead.",
     ]
