@@ -21,7 +21,6 @@ from ._auth import hash_password as hash_password
 from ._auth import parse_users as parse_users
 from ._auth import update_users as update_users
 from ._auth import verify_password as verify_password
-from ._batch import BatchWorker as BatchWorker
 from ._batchproc import BatchProcess as BatchProcess
 from ._batchproc import BatchProcessError as BatchProcessError
 from ._blockingdns import Abandoned as Abandoned

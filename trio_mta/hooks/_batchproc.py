@@ -75,8 +75,11 @@ class _Slot:
 class _Child:
     """One running child: its socket, the jobs waiting for an answer, and the two tasks."""
 
-    def __init__(self, name: str, process: trio.Process, sock: socket.socket) -> None:
-        self.name = name
+    def __init__(
+        self, owner: BatchProcess[Any, Any], process: trio.Process, sock: socket.socket
+    ) -> None:
+        self.owner = owner
+        self.name = owner.name
         self.process = process
         self.sock = sock
         self.slots: dict[int, _Slot] = {}
@@ -183,6 +186,8 @@ class _Child:
             self.ready.set()
             return
         self.progress = trio.current_time()
+        self.owner.batches += 1
+        self.owner.jobs += len(reply)
         slots = self.slots
         for seq, ok, value in reply:
             slot = slots.pop(seq, None)
@@ -237,6 +242,8 @@ class BatchProcess(Generic[J, R]):
         self._seq = itertools.count()
         self._closed = False
         self.started = 0  # children started so far (a restart count for operators and tests)
+        self.batches = 0  # batches answered, all children together
+        self.jobs = 0  # jobs answered
 
     @property
     def pid(self) -> int | None:
@@ -298,7 +305,7 @@ class BatchProcess(Generic[J, R]):
             finally:
                 theirs.close()
             ours.setblocking(False)
-            child = _Child(self.name, process, ours)
+            child = _Child(self, process, ours)
             trio.lowlevel.spawn_system_task(child.reader, name=f"{self.name}-reader")
             trio.lowlevel.spawn_system_task(child.writer, name=f"{self.name}-writer")
             self._child = child

@@ -42,14 +42,14 @@ Processor = Callable[[Sequence[tuple[Any, bytes]]], Sequence[Any]]
 
 
 def load_factory(module: str, qualname: str, file: str | None) -> Callable[..., Processor]:
-    if module in sys.modules:
-        mod = sys.modules[module]
-    elif file is None:
+    try:  # an importable module is imported as such (its package first)
         mod = importlib.import_module(module)
-    else:
+    except ModuleNotFoundError as exc:
+        if file is None or exc.name != module:
+            raise
         spec = importlib.util.spec_from_file_location(module, file)
         if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {module} from {file}")
+            raise ImportError(f"cannot load {module} from {file}") from exc
         mod = importlib.util.module_from_spec(spec)
         sys.modules[module] = mod  # so pickles that name the module's classes resolve
         spec.loader.exec_module(mod)
