@@ -12,7 +12,15 @@ from trio_mta.admin import Access, EventFilter
 from trio_mta.admin._cli import _from_config
 from trio_mta.admin._http import HttpError, parse_head
 from trio_mta.config import AdminConfig
-from trio_mta.events import ConnectionOpened, Gap, MailReceived, PluginCalled, RcptReceived
+from trio_mta.events import (
+    ConnectionOpened,
+    Gap,
+    HeloReceived,
+    MailReceived,
+    PluginCalled,
+    RcptReceived,
+    TransactionEnded,
+)
 
 
 def test_public_surface_is_curated() -> None:
@@ -80,6 +88,19 @@ def test_filters() -> None:
     for query in ({"ip": ["nope"]}, {"replay": ["-1"]}):
         with pytest.raises(HttpError):
             EventFilter.from_query(query, 100)
+
+
+def test_a_type_filter_names_the_event_classes_the_bus_may_skip_building() -> None:
+    assert EventFilter.from_query({}, 100).kinds() is None
+    assert EventFilter.from_query({"type": ["transaction.end"]}, 100).kinds() == {TransactionEnded}
+    assert EventFilter.from_query({"type": ["transaction"]}, 100).kinds() == {
+        HeloReceived, MailReceived, RcptReceived, TransactionEnded,
+    }  # fmt: skip
+    assert EventFilter.from_query({"type": ["plugin.call, connection.open"]}, 100).kinds() == {
+        PluginCalled, ConnectionOpened,
+    }  # fmt: skip
+    # A prefix is a whole dotted part: "trans" names nothing.
+    assert EventFilter.from_query({"type": ["trans"]}, 100).kinds() == frozenset()
 
 
 def test_tokens_are_compared_whole() -> None:

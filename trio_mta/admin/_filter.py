@@ -24,7 +24,7 @@ import ipaddress
 
 import attrs
 
-from ..events import Event, Gap
+from ..events import EVENT_TYPES, Event, Gap
 from ._http import HttpError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -82,6 +82,17 @@ class EventFilter:
     def wants_plugin_calls(self) -> bool:
         kind = "plugin.call"
         return not self.types or any(kind == t or kind.startswith(t + ".") for t in self.types)
+
+    def kinds(self) -> frozenset[type[Event]] | None:
+        """The event classes the type filter lets through (None: no type filter), so the bus
+        never builds a deferred event this watcher would drop."""
+        if not self.types:
+            return None
+        return frozenset(
+            cls
+            for cls in EVENT_TYPES
+            if any(t == cls.TYPE or cls.TYPE.startswith(t + ".") for t in self.types)
+        )
 
     @property
     def empty(self) -> bool:

@@ -82,7 +82,10 @@ class Metrics:
         self.deliveries: dict[tuple[str, ...], int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        bus.add_tap(self.on_event, (PluginCalled, LoopBlocked, *_DELIVERY))
+        # Plugin calls only with plugin metrics on: a tapped kind is built at once on the SMTP
+        # path instead of being deferred to the watchers' batches.
+        kinds = (PluginCalled,) if plugin_metrics else ()
+        bus.add_tap(self.on_event, (*kinds, LoopBlocked, *_DELIVERY))
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, PluginCalled):

@@ -59,7 +59,9 @@ async def stream_events(
     Error handling: a closed connection ends the stream quietly.
     """
     detail = event_filter.wants_plugin_calls
-    with bus.subscribe(event_filter.replay, detail=detail) as subscription:
+    with bus.subscribe(
+        event_filter.replay, detail=detail, kinds=event_filter.kinds()
+    ) as subscription:
         hello = {
             "v": SCHEMA_VERSION,
             "type": "hello",
@@ -93,7 +95,7 @@ async def _pump(
             batch = [get(seq, event) for seq, event in items if match(event)]
         if batch:
             await ws.send_message("[" + ",".join(batch) + "]")
-        if len(items) < BATCH_LIMIT:  # caught up: let the next batch gather
+        if not subscription.pending:  # caught up: let the next batch gather
             await trio.sleep(BATCH_INTERVAL)
 
 

@@ -45,6 +45,8 @@ log = logging.getLogger("trio_mta.events")
 
 Clock = Callable[[], float]
 Tap = Callable[[Event], None]
+# A deferred event in the ring: its kind, the function that builds it, and its arguments.
+Deferred = tuple[type[Event], Callable[..., Event], tuple[object, ...]]
 
 
 class EventBus:
@@ -60,7 +62,7 @@ class EventBus:
         self.clock = clock
         self.retain = retain
         self.size = max(retain, buffer)
-        self._ring: list[Event | None] = [None] * self.size
+        self._ring: list[Event | Deferred | None] = [None] * self.size
         self._seq = 0  # the sequence number the next event gets
         self._lot = trio.lowlevel.ParkingLot()
         self._taps: dict[type[Event], list[Tap]] = {}
@@ -92,6 +94,22 @@ class EventBus:
         if self._lot:
             self._lot.unpark_all()
 
+    def defer(
+        self, kind: type[Event], build: Callable[..., Event], args: tuple[object, ...]
+    ) -> None:
+        """Publish the event ``build(*args)`` will make, without making it yet: it is built
+        when a subscriber that wants its kind first reads it, in the batch that subscriber
+        reads (once, whoever reads first), or never if none does before the ring moves past.
+        ``args`` must be immutable values. Events of a kind that has taps are built at once."""
+        if kind in self._taps:
+            self.publish(build(*args))
+            return
+        seq = self._seq
+        self._ring[seq % self.size] = (kind, build, args)
+        self._seq = seq + 1
+        if self._lot:
+            self._lot.unpark_all()
+
     def add_tap(self, tap: Tap, kinds: Iterable[type[Event]]) -> None:
         """Call ``tap(event)`` for every event of these classes, as it is published."""
         for kind in kinds:
@@ -102,12 +120,19 @@ class EventBus:
         arrives or the last one leaves."""
         self._watchers.append(callback)
 
-    def subscribe(self, replay: int = 0, *, detail: bool = True) -> Subscription:
+    def subscribe(
+        self,
+        replay: int = 0,
+        *,
+        detail: bool = True,
+        kinds: frozenset[type[Event]] | None = None,
+    ) -> Subscription:
         """A new subscriber, starting ``replay`` events back (at most ``retain``, at most what
-        has been published); ``detail``: it wants plugin calls. Use it as a context manager:
+        has been published); ``detail``: it wants plugin calls; ``kinds``: the only event
+        classes it receives (None: all; a ``Gap`` always). Use it as a context manager:
         leaving it unsubscribes."""
         back = min(max(replay, 0), self.retain, self._seq)
-        subscription = Subscription(self, self._seq - back, detail)
+        subscription = Subscription(self, self._seq - back, detail, kinds)
         self.subscribers += 1
         self.active = True
         if detail:
@@ -129,9 +154,11 @@ class EventBus:
             for callback in self._watchers:
                 callback(detail)
 
-    def _read(self, cursor: int, limit: int) -> tuple[int, list[tuple[int, Event]]]:
-        """Events from ``cursor`` on (a Gap first if some were overwritten), at most ``limit``;
-        returns the new cursor too."""
+    def _read(
+        self, cursor: int, limit: int, kinds: frozenset[type[Event]] | None = None
+    ) -> tuple[int, list[tuple[int, Event]]]:
+        """Events from ``cursor`` on (a Gap first if some were overwritten), ``limit`` ring
+        positions at most, only those of ``kinds`` if given; returns the new cursor too."""
         out: list[tuple[int, Event]] = []
         oldest = self._seq - self.size
         if cursor < oldest:
@@ -143,7 +170,14 @@ class EventBus:
         ring, size = self._ring, self.size
         for seq in range(cursor, end):
             event = ring[seq % size]
-            assert event is not None
+            if type(event) is tuple:  # deferred: built now, once, for every reader
+                kind, build, args = event
+                if kinds is not None and kind not in kinds:
+                    continue
+                event = ring[seq % size] = build(*args)
+            elif kinds is not None and type(event) not in kinds:
+                continue
+            assert isinstance(event, Event)
             out.append((seq, event))
         return end, out
 
@@ -154,10 +188,17 @@ class Subscription:
     Each item is ``(seq, event)``; a ``Gap`` has seq -1.
     """
 
-    def __init__(self, bus: EventBus, cursor: int, detail: bool = True) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        cursor: int,
+        detail: bool = True,
+        kinds: frozenset[type[Event]] | None = None,
+    ) -> None:
         self.bus = bus
         self.cursor = cursor
         self.detail = detail
+        self.kinds = kinds
         self.closed = False
 
     @property
@@ -167,11 +208,12 @@ class Subscription:
 
     def take(self, limit: int = 1024) -> list[tuple[int, Event]]:
         """What is waiting, without waiting (empty if nothing is)."""
-        self.cursor, items = self.bus._read(self.cursor, limit)
+        self.cursor, items = self.bus._read(self.cursor, limit, self.kinds)
         return items
 
     async def receive(self, limit: int = 1024) -> list[tuple[int, Event]]:
-        """At least one item, at most ``limit`` (plus a leading Gap); waits for the first.
+        """Waits for something to be published, then reads up to ``limit`` ring positions
+        (plus a leading Gap): at least one item unless ``kinds`` filtered them all out.
 
         Cancellation: safe at any point; nothing is consumed unless returned.
         """

@@ -1,8 +1,11 @@
 """Events from the SMTP side: what the driver, the plugin runner and the loop watchdog publish.
 
 The driver calls these at every step; each bumps the bus's plain counters (for /metrics) and
-builds an event only when ``bus.active`` (a watcher is connected), so an unwatched daemon
-builds none, except ``transaction.end`` while the bus retains events for replay.
+publishes an event only when ``bus.active`` (a watcher is connected), so an unwatched daemon
+publishes none, except ``transaction.end`` while the bus retains events for replay. The
+frequent ones are deferred (``bus.defer``): the SMTP path stores the function that builds the
+event and its immutable arguments; the event is built in the batch of the first subscriber
+that reads it, and only if one wants that kind.
 
 Plugin calls are reported through the runner's ``observe`` callback, which the ``PluginHost``
 installs only while someone watches (or plugin metrics are on): the runner then times each
@@ -31,7 +34,7 @@ from ..events import (
     TransactionEnded,
 )
 from ..hooks import HookCall, SlowStep, log_slow_step
-from ..protocol import Helo, RcptTo, Reply
+from ..protocol import Address, Helo, RcptTo, Reply
 from ._session import Session
 
 CURRENT_SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
@@ -49,17 +52,20 @@ def connection_opened(bus: EventBus, s: Session) -> None:
     bus.counters.connection_opened(s.listener)
     if not bus.active:
         return
-    bus.publish(
-        ConnectionOpened(
-            ts=bus.clock(),
-            conn=s.id,
-            ip=s.client_ip,
-            port=s.client_port,
-            listener=s.listener,
-            local_ip=s.local_ip,
-            local_port=s.local_port,
-        )
+    bus.defer(
+        ConnectionOpened,
+        _opened,
+        (bus.clock(), s.id, s.client_ip, s.client_port, s.listener, s.local_ip, s.local_port),
     )
+
+
+def _opened(
+    ts: float, conn: str, ip: str, port: int, listener: str, local_ip: str, local_port: int
+) -> ConnectionOpened:
+    return ConnectionOpened(
+        ts=ts, conn=conn, ip=ip, port=port, listener=listener, local_ip=local_ip,
+        local_port=local_port,
+    )  # fmt: skip
 
 
 def tls_started(bus: EventBus, s: Session) -> None:
@@ -96,17 +102,14 @@ def helo_received(bus: EventBus, s: Session, event: Helo, answer: Reply) -> None
     bus.counters.reply("helo", answer.code)
     if not bus.active:
         return
-    bus.publish(
-        HeloReceived(
-            ts=bus.clock(),
-            conn=s.id,
-            ip=s.client_ip,
-            name=event.name,
-            extended=event.extended,
-            code=answer.code,
-            reply=reply_text(answer),
-        )
-    )
+    bus.defer(HeloReceived, _helo, (bus.clock(), s.id, s.client_ip, event, answer))
+
+
+def _helo(ts: float, conn: str, ip: str, event: Helo, answer: Reply) -> HeloReceived:
+    return HeloReceived(
+        ts=ts, conn=conn, ip=ip, name=event.name, extended=event.extended, code=answer.code,
+        reply=reply_text(answer),
+    )  # fmt: skip
 
 
 def mail_received(bus: EventBus, s: Session, answer: Reply) -> None:
@@ -114,16 +117,20 @@ def mail_received(bus: EventBus, s: Session, answer: Reply) -> None:
     txn = s.transaction
     if txn is None or not bus.active:
         return
-    bus.publish(
-        MailReceived(
-            ts=bus.clock(),
-            conn=s.id,
-            txn=txn.id,
-            ip=s.client_ip,
-            sender=str(txn.sender or ""),
-            code=answer.code,
-            reply=reply_text(answer),
-        )
+    bus.defer(MailReceived, _mail, (bus.clock(), s.id, txn.id, s.client_ip, txn.sender, answer))
+
+
+def _mail(
+    ts: float, conn: str, txn: str, ip: str, sender: Address | None, answer: Reply
+) -> MailReceived:
+    return MailReceived(
+        ts=ts,
+        conn=conn,
+        txn=txn,
+        ip=ip,
+        sender=str(sender or ""),
+        code=answer.code,
+        reply=reply_text(answer),
     )
 
 
@@ -132,17 +139,39 @@ def rcpt_received(bus: EventBus, s: Session, event: RcptTo, answer: Reply) -> No
     if not bus.active:
         return
     txn = s.transaction
-    bus.publish(
-        RcptReceived(
-            ts=bus.clock(),
-            conn=s.id,
-            txn=txn.id if txn is not None else None,
-            ip=s.client_ip,
-            sender=str(txn.sender or "") if txn is not None else "",
-            recipient=str(event.recipient),
-            code=answer.code,
-            reply=reply_text(answer),
-        )
+    bus.defer(
+        RcptReceived,
+        _rcpt,
+        (
+            bus.clock(),
+            s.id,
+            txn.id if txn is not None else None,
+            s.client_ip,
+            txn.sender if txn is not None else None,
+            event.recipient,
+            answer,
+        ),
+    )
+
+
+def _rcpt(
+    ts: float,
+    conn: str,
+    txn: str | None,
+    ip: str,
+    sender: Address | None,
+    recipient: Address,
+    answer: Reply,
+) -> RcptReceived:
+    return RcptReceived(
+        ts=ts,
+        conn=conn,
+        txn=txn,
+        ip=ip,
+        sender=str(sender or ""),
+        recipient=str(recipient),
+        code=answer.code,
+        reply=reply_text(answer),
     )
 
 
@@ -159,22 +188,43 @@ def transaction_ended(
         bus.counters.reply("data", answer.code)
     if not (bus.active or bus.retain):  # kept for replay even unwatched: one per transaction
         return
-    bus.publish(
-        TransactionEnded(
-            ts=bus.clock(),
-            conn=s.id,
-            txn=txn.id,
-            ip=s.client_ip,
-            helo=s.helo,
-            sender=str(txn.sender or ""),
-            recipients=tuple(str(address) for address, _ in txn.recipients),
-            size=size,
-            outcome=outcome,
-            code=answer.code if answer is not None else None,
-            reply=reply_text(answer) if answer is not None else _why(outcome, detail),
-            queue_id=txn.id if outcome == "accepted" else None,
-            duration=duration,
-        )
+    reply = reply_text(answer) if answer is not None else _why(outcome, detail)
+    bus.defer(
+        TransactionEnded,
+        _ended,
+        (bus.clock(), s.id, txn.id, s.client_ip, s.helo, txn.sender, tuple(txn.recipients),
+         size, outcome, answer.code if answer is not None else None, reply, duration),
+    )  # fmt: skip
+
+
+def _ended(
+    ts: float,
+    conn: str,
+    txn: str,
+    ip: str,
+    helo: str | None,
+    sender: Address | None,
+    recipients: tuple[tuple[Address, object], ...],
+    size: int,
+    outcome: str,
+    code: int | None,
+    reply: str,
+    duration: float,
+) -> TransactionEnded:
+    return TransactionEnded(
+        ts=ts,
+        conn=conn,
+        txn=txn,
+        ip=ip,
+        helo=helo,
+        sender=str(sender or ""),
+        recipients=tuple(str(address) for address, _ in recipients),
+        size=size,
+        outcome=outcome,
+        code=code,
+        reply=reply,
+        queue_id=txn if outcome == "accepted" else None,
+        duration=duration,
     )
 
 
@@ -188,15 +238,18 @@ def connection_closed(bus: EventBus, s: Session, reason: str, duration: float) -
     bus.counters.connection_closed(reason)
     if not bus.active:
         return
-    bus.publish(
-        ConnectionClosed(
-            ts=bus.clock(),
-            conn=s.id,
-            ip=s.client_ip,
-            reason=reason,
-            duration=duration,
-            transactions=s.transactions,
-        )
+    bus.defer(
+        ConnectionClosed,
+        _closed,
+        (bus.clock(), s.id, s.client_ip, reason, duration, s.transactions),
+    )
+
+
+def _closed(
+    ts: float, conn: str, ip: str, reason: str, duration: float, transactions: int
+) -> ConnectionClosed:
+    return ConnectionClosed(
+        ts=ts, conn=conn, ip=ip, reason=reason, duration=duration, transactions=transactions
     )
 
 
@@ -207,22 +260,36 @@ def plugin_observer(bus: EventBus) -> Callable[[HookCall], None]:
     def observe(call: HookCall) -> None:
         s = get_session()
         txn = s.transaction if s is not None else None
-        bus.publish(
-            PluginCalled(
-                ts=bus.clock(),
-                conn=s.id if s is not None else None,
-                txn=txn.id if txn is not None else None,
-                ip=s.client_ip if s is not None else None,
-                plugin=call.plugin,
-                hook=call.hook,
-                result=call.action.value,
-                duration=call.duration,
-                timed_out=call.timed_out,
-                error=call.error,
-            )
+        bus.defer(
+            PluginCalled,
+            _plugin_called,
+            (
+                bus.clock(),
+                s.id if s is not None else None,
+                txn.id if txn is not None else None,
+                s.client_ip if s is not None else None,
+                call,
+            ),
         )
 
     return observe
+
+
+def _plugin_called(
+    ts: float, conn: str | None, txn: str | None, ip: str | None, call: HookCall
+) -> PluginCalled:
+    return PluginCalled(
+        ts=ts,
+        conn=conn,
+        txn=txn,
+        ip=ip,
+        plugin=call.plugin,
+        hook=call.hook,
+        result=call.action.value,
+        duration=call.duration,
+        timed_out=call.timed_out,
+        error=call.error,
+    )
 
 
 def slow_step_reporter(bus: EventBus) -> Callable[[SlowStep], None]:
