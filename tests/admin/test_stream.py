@@ -194,6 +194,7 @@ async def test_a_watcher_that_never_reads_does_not_slow_smtp_and_gets_a_gap(
                     gaps = [e for e in batch if e["type"] == "gap"]
                 assert int(str(gaps[0]["dropped"])) > 0
                 assert "seq" not in gaps[0]
-                assert d.bus.dropped == gaps[0]["dropped"]
+                # The bus counts every loss; this watcher may have had more gaps since.
+                assert d.bus.dropped >= int(str(gaps[0]["dropped"]))
     # Publishing never waited for the stalled watcher: watched SMTP kept its pace.
     assert watched < max(3 * unwatched, unwatched + 1.0)

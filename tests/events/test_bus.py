@@ -29,6 +29,9 @@ def test_public_surface_is_curated() -> None:
     assert public == {
         "EVENT_TYPES",
         "SCHEMA_VERSION",
+        "VALUES_ENCODERS",
+        "RawItem",
+        "as_event",
         "AuthAttempted",
         "ConnectionClosed",
         "ConnectionOpened",

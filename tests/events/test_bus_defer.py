@@ -1,20 +1,29 @@
-"""Deferred events: built once, in the reader's batch, and only for a reader that wants the kind."""
+"""Deferred events: computed once, in the reader's batch, only for a reader that wants the
+kind, and encoded from their values without an object for a reader that only forwards JSON."""
 
 from __future__ import annotations
 
-from trio_mta.events import Event, EventBus, Gap, LoopBlocked, MailReceived
+from trio_mta.events import (
+    VALUES_ENCODERS,
+    Event,
+    EventBus,
+    Gap,
+    LoopBlocked,
+    MailReceived,
+    as_event,
+    event_json,
+)
 
 
 class Builder:
-    """Builds MailReceived events, counting how often it is asked to."""
+    """Computes a MailReceived's field values, counting how often it is asked to."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, n: int) -> MailReceived:
+    def __call__(self, n: int) -> tuple[object, ...]:
         self.calls += 1
-        return MailReceived(ts=float(n), conn="c", txn=f"t{n}", ip="127.0.0.1", sender="",
-                            code=250, reply="2.1.0 ok")  # fmt: skip
+        return (float(n), "c", f"t{n}", "127.0.0.1", "", 250, "2.1.0 ok")
 
 
 def txns(items: list[tuple[int, Event]]) -> list[str | None]:
@@ -86,3 +95,20 @@ def test_replay_builds_deferred_events_a_late_subscriber_asks_for() -> None:
     with bus.subscribe(replay=2) as sub:
         assert txns(sub.take()) == ["t1", "t2"]
     assert build.calls == 2
+
+
+def test_a_raw_reader_gets_the_values_and_they_encode_as_the_built_event_would() -> None:
+    bus = EventBus(buffer=16)
+    build = Builder()
+    with bus.subscribe() as raw, bus.subscribe() as built:
+        bus.defer(MailReceived, build, (4,))
+        [(seq, item)] = raw.take_raw()
+        assert item == (MailReceived, (4.0, "c", "t4", "127.0.0.1", "", 250, "2.1.0 ok"))
+        expected = MailReceived(ts=4.0, conn="c", txn="t4", ip="127.0.0.1", sender="",
+                                code=250, reply="2.1.0 ok")  # fmt: skip
+        assert as_event(item) == expected
+        assert VALUES_ENCODERS[MailReceived](item[1], seq) == event_json(expected, seq)
+        [(_, event)] = built.take()  # an object reader: built from the computed values
+        assert event == expected
+        assert raw.take_raw() == []
+    assert build.calls == 1

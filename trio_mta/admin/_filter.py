@@ -95,6 +95,11 @@ class EventFilter:
         )
 
     @property
+    def needs_match(self) -> bool:
+        """Whether ``match`` must see each event: the type filter alone is done by ``kinds``."""
+        return bool(self.networks or self.sender_domains or self.rcpt_domains)
+
+    @property
     def empty(self) -> bool:
         return not (self.types or self.networks or self.sender_domains or self.rcpt_domains)
 

@@ -2,9 +2,12 @@
 that falls behind loses events and is told how many with a ``Gap``)."""
 
 from ._bus import EventBus as EventBus
+from ._bus import RawItem as RawItem
 from ._bus import Subscription as Subscription
 from ._bus import Tap as Tap
+from ._bus import as_event as as_event
 from ._counters import Counters as Counters
+from ._json import VALUES_ENCODERS as VALUES_ENCODERS
 from ._json import event_json as event_json
 from ._types import EVENT_TYPES as EVENT_TYPES
 from ._types import SCHEMA_VERSION as SCHEMA_VERSION

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any
 
 import trio
 
@@ -45,8 +46,12 @@ log = logging.getLogger("trio_mta.events")
 
 Clock = Callable[[], float]
 Tap = Callable[[Event], None]
-# A deferred event in the ring: its kind, the function that builds it, and its arguments.
-Deferred = tuple[type[Event], Callable[..., Event], tuple[object, ...]]
+# A deferred event in the ring: its kind, the function that computes its field values (a tuple
+# in the class's declaration order), and that function's arguments. Once computed the slot
+# holds (kind, values); once a reader asks for the object, the Event itself.
+Deferred = tuple[type[Event], Callable[..., tuple[object, ...]], tuple[object, ...]]
+Computed = tuple[type[Event], tuple[object, ...]]
+RawItem = Event | Computed
 
 
 class EventBus:
@@ -62,7 +67,7 @@ class EventBus:
         self.clock = clock
         self.retain = retain
         self.size = max(retain, buffer)
-        self._ring: list[Event | Deferred | None] = [None] * self.size
+        self._ring: list[Event | Deferred | Computed | None] = [None] * self.size
         self._seq = 0  # the sequence number the next event gets
         self._lot = trio.lowlevel.ParkingLot()
         self._taps: dict[type[Event], list[Tap]] = {}
@@ -95,17 +100,23 @@ class EventBus:
             self._lot.unpark_all()
 
     def defer(
-        self, kind: type[Event], build: Callable[..., Event], args: tuple[object, ...]
+        self,
+        kind: type[Event],
+        values: Callable[..., tuple[object, ...]],
+        args: tuple[object, ...],
     ) -> None:
-        """Publish the event ``build(*args)`` will make, without making it yet: it is built
-        when a subscriber that wants its kind first reads it, in the batch that subscriber
-        reads (once, whoever reads first), or never if none does before the ring moves past.
-        ``args`` must be immutable values. Events of a kind that has taps are built at once."""
+        """Publish the ``kind`` event whose field values (in declaration order) ``values(*args)``
+        computes, without computing them: that happens when a subscriber that wants the kind
+        first reads it, in that subscriber's batch (once, whoever reads first), or never if
+        none does before the ring moves past. A watcher that only forwards JSON never even
+        builds the object (``take_raw``). On the SMTP path an event costs several times what
+        the same work costs in a batch. ``args`` must be immutable values. Events of a kind
+        that has taps are built at once."""
         if kind in self._taps:
-            self.publish(build(*args))
+            self.publish(_event(kind, values(*args)))
             return
         seq = self._seq
-        self._ring[seq % self.size] = (kind, build, args)
+        self._ring[seq % self.size] = (kind, values, args)
         self._seq = seq + 1
         if self._lot:
             self._lot.unpark_all()
@@ -155,11 +166,16 @@ class EventBus:
                 callback(detail)
 
     def _read(
-        self, cursor: int, limit: int, kinds: frozenset[type[Event]] | None = None
-    ) -> tuple[int, list[tuple[int, Event]]]:
+        self,
+        cursor: int,
+        limit: int,
+        kinds: frozenset[type[Event]] | None = None,
+        raw: bool = False,
+    ) -> tuple[int, list[tuple[int, RawItem]]]:
         """Events from ``cursor`` on (a Gap first if some were overwritten), ``limit`` ring
-        positions at most, only those of ``kinds`` if given; returns the new cursor too."""
-        out: list[tuple[int, Event]] = []
+        positions at most, only those of ``kinds`` if given; returns the new cursor too.
+        ``raw``: a deferred event may come as ``(kind, values)`` rather than built."""
+        out: list[tuple[int, RawItem]] = []
         oldest = self._seq - self.size
         if cursor < oldest:
             lost = oldest - cursor
@@ -169,17 +185,31 @@ class EventBus:
         end = min(self._seq, cursor + limit)
         ring, size = self._ring, self.size
         for seq in range(cursor, end):
-            event = ring[seq % size]
-            if type(event) is tuple:  # deferred: built now, once, for every reader
-                kind, build, args = event
+            slot = seq % size
+            item = ring[slot]
+            if type(item) is tuple:  # deferred: computed now, once, for every reader
+                kind = item[0]
                 if kinds is not None and kind not in kinds:
                     continue
-                event = ring[seq % size] = build(*args)
-            elif kinds is not None and type(event) not in kinds:
+                if len(item) == 3:
+                    item = ring[slot] = (kind, item[1](*item[2]))
+                if not raw:
+                    item = ring[slot] = _event(kind, item[1])
+            elif kinds is not None and type(item) not in kinds:
                 continue
-            assert isinstance(event, Event)
-            out.append((seq, event))
+            assert item is not None
+            out.append((seq, item))  # type: ignore[arg-type]  # a Computed or an Event
         return end, out
+
+
+def _event(kind: type[Event], values: tuple[object, ...]) -> Event:
+    fields: dict[str, Any] = dict(zip(kind.FIELDS, values, strict=True))
+    return kind(**fields)
+
+
+def as_event(item: RawItem) -> Event:
+    """The event object for an item from ``take_raw`` (built, not stored)."""
+    return _event(*item) if type(item) is tuple else item  # type: ignore[return-value]
 
 
 class Subscription:
@@ -209,6 +239,12 @@ class Subscription:
     def take(self, limit: int = 1024) -> list[tuple[int, Event]]:
         """What is waiting, without waiting (empty if nothing is)."""
         self.cursor, items = self.bus._read(self.cursor, limit, self.kinds)
+        return items  # type: ignore[return-value]  # not raw: every item is an Event
+
+    def take_raw(self, limit: int = 1024) -> list[tuple[int, RawItem]]:
+        """Like ``take``, but a deferred event may come as ``(kind, values)``: enough to
+        encode it (``VALUES_ENCODERS``) without building the object (``as_event`` does)."""
+        self.cursor, items = self.bus._read(self.cursor, limit, self.kinds, raw=True)
         return items
 
     async def receive(self, limit: int = 1024) -> list[tuple[int, Event]]:
@@ -217,12 +253,20 @@ class Subscription:
 
         Cancellation: safe at any point; nothing is consumed unless returned.
         """
+        await self._wait()
+        return self.take(limit)
+
+    async def receive_raw(self, limit: int = 1024) -> list[tuple[int, RawItem]]:
+        """``receive`` for ``take_raw``."""
+        await self._wait()
+        return self.take_raw(limit)
+
+    async def _wait(self) -> None:
         bus = self.bus
         if self.cursor < bus._seq:
             await trio.lowlevel.checkpoint()
         while self.cursor >= bus._seq:
             await bus._lot.park()
-        return self.take(limit)
 
     def close(self) -> None:
         if not self.closed:

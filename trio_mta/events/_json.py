@@ -22,6 +22,7 @@ import attrs
 from ._types import EVENT_TYPES, SCHEMA_VERSION, Event
 
 Encoder = Callable[[Event, int | None], str]
+ValuesEncoder = Callable[[tuple[object, ...], int], str]
 
 _RENDER = {
     "str": "{S(e.%s)}",
@@ -34,15 +35,15 @@ _RENDER = {
 }
 
 
-def _field(name: str, annotation: object) -> str:
+def _field(name: str, annotation: object, ref: str) -> str:
     template = _RENDER.get(str(annotation))
     if template is None:
         raise TypeError(f"no JSON rendering for field {name}: {annotation}")
-    return f'"{name}":' + template.replace("%s", name)
+    return f'"{name}":' + template.replace("e.%s", ref)
 
 
 def _compile(cls: type[Event]) -> Encoder:
-    fields = ",".join(_field(a.name, a.type) for a in attrs.fields(cls))
+    fields = ",".join(_field(a.name, a.type, f"e.{a.name}") for a in attrs.fields(cls))
     head = f'"v":{SCHEMA_VERSION},"type":"{cls.TYPE}"'
     source = (
         "def encode(e, seq):\n"
@@ -56,7 +57,23 @@ def _compile(cls: type[Event]) -> Encoder:
     return encode
 
 
+def _compile_values(cls: type[Event]) -> ValuesEncoder:
+    """The same text from the event's field values as a tuple in declaration order (what a
+    deferred event's builder returns), so a deferred event is encoded without being built."""
+    fields = ",".join(_field(a.name, a.type, f"e[{i}]") for i, a in enumerate(attrs.fields(cls)))
+    head = f'"v":{SCHEMA_VERSION},"type":"{cls.TYPE}","seq":{{seq:d}}'
+    source = f"def encode(e, seq):\n    return f'{{{{{head},{fields}}}}}'\n"
+    namespace: dict[str, object] = {"S": encode_basestring_ascii}
+    exec(compile(source, f"<event values encoder {cls.__name__}>", "exec"), namespace)
+    encode = namespace["encode"]
+    assert callable(encode)
+    return encode
+
+
 _ENCODERS: dict[type[Event], Encoder] = {cls: _compile(cls) for cls in EVENT_TYPES}
+VALUES_ENCODERS: dict[type[Event], ValuesEncoder] = {
+    cls: _compile_values(cls) for cls in EVENT_TYPES
+}
 
 
 def event_json(event: Event, seq: int | None = None) -> str:

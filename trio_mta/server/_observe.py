@@ -3,9 +3,10 @@
 The driver calls these at every step; each bumps the bus's plain counters (for /metrics) and
 publishes an event only when ``bus.active`` (a watcher is connected), so an unwatched daemon
 publishes none, except ``transaction.end`` while the bus retains events for replay. The
-frequent ones are deferred (``bus.defer``): the SMTP path stores the function that builds the
-event and its immutable arguments; the event is built in the batch of the first subscriber
-that reads it, and only if one wants that kind.
+frequent ones are deferred (``bus.defer``): the SMTP path stores a function and its immutable
+arguments; the function (``_mail``, ``_rcpt``…) returns the event's field values in the
+class's declaration order, computed in the batch of the first subscriber that wants that
+kind; a watcher forwarding JSON encodes those values without building the event object.
 
 Plugin calls are reported through the runner's ``observe`` callback, which the ``PluginHost``
 installs only while someone watches (or plugin metrics are on): the runner then times each
@@ -61,11 +62,9 @@ def connection_opened(bus: EventBus, s: Session) -> None:
 
 def _opened(
     ts: float, conn: str, ip: str, port: int, listener: str, local_ip: str, local_port: int
-) -> ConnectionOpened:
-    return ConnectionOpened(
-        ts=ts, conn=conn, ip=ip, port=port, listener=listener, local_ip=local_ip,
-        local_port=local_port,
-    )  # fmt: skip
+) -> tuple[object, ...]:
+    # The values of ConnectionOpened's fields, in their declaration order (txn is None).
+    return (ts, conn, None, ip, port, listener, local_ip, local_port)
 
 
 def tls_started(bus: EventBus, s: Session) -> None:
@@ -105,11 +104,8 @@ def helo_received(bus: EventBus, s: Session, event: Helo, answer: Reply) -> None
     bus.defer(HeloReceived, _helo, (bus.clock(), s.id, s.client_ip, event, answer))
 
 
-def _helo(ts: float, conn: str, ip: str, event: Helo, answer: Reply) -> HeloReceived:
-    return HeloReceived(
-        ts=ts, conn=conn, ip=ip, name=event.name, extended=event.extended, code=answer.code,
-        reply=reply_text(answer),
-    )  # fmt: skip
+def _helo(ts: float, conn: str, ip: str, event: Helo, answer: Reply) -> tuple[object, ...]:
+    return (ts, conn, None, ip, event.name, event.extended, answer.code, reply_text(answer))
 
 
 def mail_received(bus: EventBus, s: Session, answer: Reply) -> None:
@@ -122,16 +118,8 @@ def mail_received(bus: EventBus, s: Session, answer: Reply) -> None:
 
 def _mail(
     ts: float, conn: str, txn: str, ip: str, sender: Address | None, answer: Reply
-) -> MailReceived:
-    return MailReceived(
-        ts=ts,
-        conn=conn,
-        txn=txn,
-        ip=ip,
-        sender=str(sender or ""),
-        code=answer.code,
-        reply=reply_text(answer),
-    )
+) -> tuple[object, ...]:
+    return (ts, conn, txn, ip, str(sender or ""), answer.code, reply_text(answer))
 
 
 def rcpt_received(bus: EventBus, s: Session, event: RcptTo, answer: Reply) -> None:
@@ -162,17 +150,9 @@ def _rcpt(
     sender: Address | None,
     recipient: Address,
     answer: Reply,
-) -> RcptReceived:
-    return RcptReceived(
-        ts=ts,
-        conn=conn,
-        txn=txn,
-        ip=ip,
-        sender=str(sender or ""),
-        recipient=str(recipient),
-        code=answer.code,
-        reply=reply_text(answer),
-    )
+) -> tuple[object, ...]:
+    return (ts, conn, txn, ip, str(sender or ""), str(recipient), answer.code,
+            reply_text(answer))  # fmt: skip
 
 
 def transaction_ended(
@@ -210,22 +190,10 @@ def _ended(
     code: int | None,
     reply: str,
     duration: float,
-) -> TransactionEnded:
-    return TransactionEnded(
-        ts=ts,
-        conn=conn,
-        txn=txn,
-        ip=ip,
-        helo=helo,
-        sender=str(sender or ""),
-        recipients=tuple(str(address) for address, _ in recipients),
-        size=size,
-        outcome=outcome,
-        code=code,
-        reply=reply,
-        queue_id=txn if outcome == "accepted" else None,
-        duration=duration,
-    )
+) -> tuple[object, ...]:
+    return (ts, conn, txn, ip, helo, str(sender or ""),
+            tuple(str(address) for address, _ in recipients), size, outcome, code, reply,
+            txn if outcome == "accepted" else None, duration)  # fmt: skip
 
 
 def _why(outcome: str, detail: str) -> str:
@@ -247,10 +215,8 @@ def connection_closed(bus: EventBus, s: Session, reason: str, duration: float) -
 
 def _closed(
     ts: float, conn: str, ip: str, reason: str, duration: float, transactions: int
-) -> ConnectionClosed:
-    return ConnectionClosed(
-        ts=ts, conn=conn, ip=ip, reason=reason, duration=duration, transactions=transactions
-    )
+) -> tuple[object, ...]:
+    return (ts, conn, None, ip, reason, duration, transactions)
 
 
 def plugin_observer(bus: EventBus) -> Callable[[HookCall], None]:
@@ -277,19 +243,9 @@ def plugin_observer(bus: EventBus) -> Callable[[HookCall], None]:
 
 def _plugin_called(
     ts: float, conn: str | None, txn: str | None, ip: str | None, call: HookCall
-) -> PluginCalled:
-    return PluginCalled(
-        ts=ts,
-        conn=conn,
-        txn=txn,
-        ip=ip,
-        plugin=call.plugin,
-        hook=call.hook,
-        result=call.action.value,
-        duration=call.duration,
-        timed_out=call.timed_out,
-        error=call.error,
-    )
+) -> tuple[object, ...]:
+    return (ts, conn, txn, ip, call.plugin, call.hook, call.action.value, call.duration,
+            call.timed_out, call.error)  # fmt: skip
 
 
 def slow_step_reporter(bus: EventBus) -> Callable[[SlowStep], None]:
