@@ -10,7 +10,15 @@ from typing import Any
 import attrs
 import pytest
 
-from trio_mta.events import EVENT_TYPES, SCHEMA_VERSION, Event, event_dict, event_json
+from trio_mta.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    VALUES_ENCODERS,
+    Event,
+    as_event,
+    event_dict,
+    event_json,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 COMMON = ("v", "type", "seq", "ts", "conn", "txn")
@@ -76,6 +84,17 @@ def test_fast_json_is_exactly_the_dict_form(cls: type[Event], which: int) -> Non
         assert json.loads(text) == json.loads(json.dumps(expected))
         assert list(json.loads(text)) == list(expected)
         assert text.isascii()
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.TYPE)
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_deferred_events_values_encode_and_build_as_the_object_does(
+    cls: type[Event], which: int
+) -> None:
+    event = samples(cls, which)
+    values = tuple(getattr(event, name) for name in cls.FIELDS)
+    assert VALUES_ENCODERS[cls](values, 7) == event_json(event, 7)
+    assert as_event((cls, values)) == event
 
 
 def test_events_are_frozen() -> None:
