@@ -219,9 +219,9 @@ class ConnectionDriver:
             self.nursery.start_soon(self._watch_hangup)
 
     async def _watch_hangup(self) -> None:
-        """While a plugin call blocks, a client that hangs up cancels the session at once
-        (the chain with it); the cleanup hooks still run. Pipelined input ends the watch: a
-        client that is still talking has not hung up."""
+        """While a plugin call blocks (once it has for the sweep's grace), a client that hangs
+        up cancels the session at once (the chain with it); the cleanup hooks still run.
+        Pipelined input ends the watch: a client that is still talking has not hung up."""
         try:
             with trio.CancelScope() as self._watch_scope:
                 if self._blocked:
