@@ -1,6 +1,6 @@
 """Deliver local mail into Maildir folders: ``<maildir>/<domain>/<local-part>/new/``.
 
-Durability (``trio_mta.storage.maildir``): the message is written once under the first
+Durability (``hooks.MaildirStore``): the message is written once under the first
 mailbox's ``tmp/``, synced, renamed (one mailbox) or hard-linked (several) into every
 recipient's ``new/`` (atomic: readers see the whole file or nothing), the ``new/`` entries are
 synced so they survive a crash, and only then is OK returned, i.e. the client's 250 is sent.
@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from trio_mta import hooks
-from trio_mta.storage.maildir import Delivery, MaildirStore
 
 
 class Plugin(hooks.Plugin):
@@ -42,8 +41,8 @@ class Plugin(hooks.Plugin):
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
         self.postmaster_domain = postmaster.lower()
-        self.writer: hooks.BatchProcess[Delivery, list[Path]] = hooks.BatchProcess(
-            MaildirStore, Path(root), self.env.hostname, fsync=fsync, name="queue_maildir"
+        self.writer: hooks.BatchProcess[hooks.MaildirDelivery, list[Path]] = hooks.BatchProcess(
+            hooks.MaildirStore, Path(root), self.env.hostname, fsync=fsync, name="queue_maildir"
         )
 
     async def shutdown(self) -> None:
@@ -56,5 +55,5 @@ class Plugin(hooks.Plugin):
             (a.domain_lower or self.postmaster_domain, a.unquoted_local_part)
             for a, _ in txn.recipients
         )
-        await self.writer.submit(Delivery(txn.id, boxes), list(txn.iter_message()))
+        await self.writer.submit(hooks.MaildirDelivery(txn.id, boxes), list(txn.iter_message()))
         return hooks.ok(f"Message queued as {txn.id}")

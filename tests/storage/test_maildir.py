@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trio_mta.storage import maildir
-from trio_mta.storage.maildir import Delivery, MaildirStore, mailbox_dirname
+from trio_mta.storage.maildir import MaildirDelivery, MaildirStore, mailbox_dirname
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n.\r\n\x00\xff"
 
@@ -44,7 +44,7 @@ def syncs(monkeypatch: pytest.MonkeyPatch) -> Syncs:
 
 def test_one_mailbox_gets_the_file_in_new_and_tmp_is_left_empty(tmp_path: Path) -> None:
     store = MaildirStore(tmp_path, "mx.example/x:1")  # the real syncs
-    [path] = store.deliver(Delivery("Q1", (("example.test", "bob"),)), MESSAGE)
+    [path] = store.deliver(MaildirDelivery("Q1", (("example.test", "bob"),)), MESSAGE)
     box = tmp_path / "example.test" / "bob"
     assert path.parent == box / "new"
     assert path.read_bytes() == MESSAGE
@@ -59,7 +59,7 @@ def test_one_mailbox_gets_the_file_in_new_and_tmp_is_left_empty(tmp_path: Path) 
 def test_several_mailboxes_share_one_file_by_hard_links(tmp_path: Path) -> None:
     store = MaildirStore(tmp_path, "mx", fsync=False)
     boxes = (("example.test", "bob"), ("example.test", "carol"), ("other.test", "dave"))
-    paths = store.deliver(Delivery("Q2", boxes), MESSAGE)
+    paths = store.deliver(MaildirDelivery("Q2", boxes), MESSAGE)
     assert [p.parent for p in paths] == [tmp_path / d / lp / "new" for d, lp in boxes]
     assert len({p.name for p in paths}) == 1
     stats = [p.stat() for p in paths]
@@ -72,7 +72,7 @@ def test_several_mailboxes_share_one_file_by_hard_links(tmp_path: Path) -> None:
 def test_a_mailbox_named_twice_in_other_case_gets_one_copy(tmp_path: Path) -> None:
     store = MaildirStore(tmp_path, "mx", fsync=False)
     boxes = (("Example.TEST", "Bob"), ("example.test", "bob"))
-    [path] = store.deliver(Delivery("Q3", boxes), MESSAGE)
+    [path] = store.deliver(MaildirDelivery("Q3", boxes), MESSAGE)
     assert path.parent == tmp_path / "example.test" / "bob" / "new"
     assert files(tmp_path, "*/*/*/*") == [path]
 
@@ -82,9 +82,9 @@ def test_a_batch_answers_each_delivery_in_order_and_an_empty_one_is_a_value_erro
 ) -> None:
     store = MaildirStore(tmp_path, "mx")
     batch = [
-        (Delivery("A", (("example.test", "a"),)), b"message A"),
-        (Delivery("none", ()), b"nowhere to go"),
-        (Delivery("B", (("example.test", "b"), ("example.test", "c"))), b"message B"),
+        (MaildirDelivery("A", (("example.test", "a"),)), b"message A"),
+        (MaildirDelivery("none", ()), b"nowhere to go"),
+        (MaildirDelivery("B", (("example.test", "b"), ("example.test", "c"))), b"message B"),
     ]
     first, empty, second = store(batch)
     assert isinstance(empty, ValueError)
@@ -97,7 +97,7 @@ def test_a_batch_answers_each_delivery_in_order_and_an_empty_one_is_a_value_erro
     # The group commit: one sync for the data, one for the names, whatever the batch size.
     assert syncs.calls == [("syncfs", tmp_path), ("syncfs", tmp_path)]
     with pytest.raises(ValueError, match="at least one mailbox"):
-        store.deliver(Delivery("none", ()), b"x")
+        store.deliver(MaildirDelivery("none", ()), b"x")
 
 
 def test_a_delivery_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
@@ -106,8 +106,8 @@ def test_a_delivery_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     (tmp_path / "example.test" / "blocked").write_text("a file where a mailbox should be")
     ok, failed = store(
         [
-            (Delivery("A", (("example.test", "fine"),)), b"A"),
-            (Delivery("B", (("example.test", "blocked"),)), b"B"),
+            (MaildirDelivery("A", (("example.test", "fine"),)), b"A"),
+            (MaildirDelivery("B", (("example.test", "blocked"),)), b"B"),
         ]
     )
     assert isinstance(failed, OSError)
@@ -118,7 +118,9 @@ def test_a_delivery_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
 
 def test_without_fsync_nothing_is_synced(tmp_path: Path, syncs: Syncs) -> None:
     store = MaildirStore(tmp_path, "mx", fsync=False)
-    results = store([(Delivery(f"Q{i}", (("example.test", f"u{i}"),)), b"m") for i in range(3)])
+    results = store(
+        [(MaildirDelivery(f"Q{i}", (("example.test", f"u{i}"),)), b"m") for i in range(3)]
+    )
     assert all(isinstance(r, list) and len(r) == 1 for r in results)
     assert syncs.calls == []
 
@@ -129,7 +131,9 @@ def test_without_syncfs_each_file_and_each_new_directory_is_fsynced(
     syncs.have_syncfs = False
     store = MaildirStore(tmp_path, "mx")
     boxes = (("example.test", "a"), ("example.test", "b"))
-    first, second = store([(Delivery("Q1", boxes), b"one"), (Delivery("Q2", boxes[:1]), b"two")])
+    first, second = store(
+        [(MaildirDelivery("Q1", boxes), b"one"), (MaildirDelivery("Q2", boxes[:1]), b"two")]
+    )
     assert isinstance(first, list)
     assert isinstance(second, list)
     [a1, b1], [a2] = first, second
@@ -151,7 +155,7 @@ def test_a_failed_data_sync_fails_the_batch_and_leaves_nothing_behind(
 
     monkeypatch.setattr(maildir, "syncfs", failing_syncfs)
     store = MaildirStore(tmp_path, "mx")
-    results = store([(Delivery(f"Q{i}", (("example.test", "a"),)), b"m") for i in range(2)])
+    results = store([(MaildirDelivery(f"Q{i}", (("example.test", "a"),)), b"m") for i in range(2)])
     assert [type(r) for r in results] == [OSError, OSError]
     assert files(tmp_path, "*/*/*/*") == []  # not in new/ (never acknowledged), not in tmp/
 
@@ -188,6 +192,6 @@ def test_distinct_names_get_distinct_directories() -> None:
 
 def test_hostile_names_stay_inside_the_root(tmp_path: Path) -> None:
     store = MaildirStore(tmp_path, "mx", fsync=False)
-    [path] = store.deliver(Delivery("Q", (("..", "../../escape"),)), b"m")
+    [path] = store.deliver(MaildirDelivery("Q", (("..", "../../escape"),)), b"m")
     assert path.resolve().is_relative_to(tmp_path.resolve())
     assert path.parent.parent == tmp_path / "%2E." / "%2E.%2F..%2Fescape"

@@ -15,6 +15,11 @@ from ..resolver import NXDomain as NXDomain
 from ..resolver import Resolver as Resolver
 from ..resolver import StaticResolver as StaticResolver
 from ..resolver import parse_nameserver as parse_nameserver
+
+# Delivery into Maildir folders (queue_maildir runs the store in a hooks.BatchProcess child).
+from ..storage.maildir import MaildirDelivery as MaildirDelivery
+from ..storage.maildir import MaildirStore as MaildirStore
+from ..storage.maildir import mailbox_dirname as mailbox_dirname
 from ._auth import Credentials as Credentials
 from ._auth import check_username as check_username
 from ._auth import hash_password as hash_password

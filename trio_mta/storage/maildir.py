@@ -35,7 +35,7 @@ def mailbox_dirname(name: str) -> str:
 
 
 @attrs.frozen
-class Delivery:
+class MaildirDelivery:
     message_id: str
     mailboxes: tuple[tuple[str, str], ...]  # (domain, local part)
 
@@ -47,7 +47,7 @@ class _Staged:
     tmp: Path
 
 
-Batch = Sequence[tuple[Delivery, bytes]]
+Batch = Sequence[tuple[MaildirDelivery, bytes]]
 
 
 class MaildirStore:
@@ -72,7 +72,7 @@ class MaildirStore:
                 (box / sub).mkdir(parents=True, exist_ok=True)
             self._ready.add(box)
 
-    def deliver(self, delivery: Delivery, data: bytes) -> list[Path]:
+    def deliver(self, delivery: MaildirDelivery, data: bytes) -> list[Path]:
         """Store one message in each of its mailboxes; return the new files."""
         result = self([(delivery, data)])[0]
         if isinstance(result, BaseException):
@@ -119,7 +119,7 @@ class MaildirStore:
                         results[index] = exc
         return results
 
-    def _write(self, delivery: Delivery, data: bytes) -> _Staged:
+    def _write(self, delivery: MaildirDelivery, data: bytes) -> _Staged:
         boxes = list(dict.fromkeys(self.mailbox(d, lp) for d, lp in delivery.mailboxes))
         if not boxes:
             raise ValueError("a delivery needs at least one mailbox")
