@@ -128,6 +128,20 @@ class EventBus:
         if self._lot:
             self._lot.unpark_all()
 
+    def publish_values(self, kind: type[Event], values: tuple[object, ...]) -> None:
+        """Publish a ``kind`` event from its field values (declaration order), computed now
+        but not built as an object until a reader asks for one. For an event published even
+        when nobody watches: its values are plain strings and numbers, where ``defer``'s
+        arguments would keep protocol objects alive for as long as the ring holds them."""
+        if kind in self._taps:
+            self.publish(_event(kind, values))
+            return
+        seq = self._seq
+        self._ring[seq % self.size] = (kind, values)
+        self._seq = seq + 1
+        if self._lot:
+            self._lot.unpark_all()
+
     def add_tap(self, tap: Tap, kinds: Iterable[type[Event]]) -> None:
         """Call ``tap(event)`` for every event of these classes, as it is published."""
         for kind in kinds:

@@ -19,7 +19,7 @@ driver sets in its own task (each connection is a task, so the variable is per c
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..events import (
     AuthAttempted,
@@ -169,11 +169,12 @@ def transaction_ended(
     if not (bus.active or bus.retain):  # kept for replay even unwatched: one per transaction
         return
     reply = reply_text(answer) if answer is not None else _why(outcome, detail)
-    bus.defer(
+    # Values now, not deferred: this one is published unwatched too (for replay), and its
+    # arguments would keep the transaction's addresses alive while the ring holds it.
+    bus.publish_values(
         TransactionEnded,
-        _ended,
-        (bus.clock(), s.id, txn.id, s.client_ip, s.helo, txn.sender, tuple(txn.recipients),
-         size, outcome, answer.code if answer is not None else None, reply, duration),
+        _ended(bus.clock(), s.id, txn.id, s.client_ip, s.helo, txn.sender, txn.recipients,
+               size, outcome, answer.code if answer is not None else None, reply, duration),
     )  # fmt: skip
 
 
@@ -184,7 +185,7 @@ def _ended(
     ip: str,
     helo: str | None,
     sender: Address | None,
-    recipients: tuple[tuple[Address, object], ...],
+    recipients: Sequence[tuple[Address, object]],
     size: int,
     outcome: str,
     code: int | None,
