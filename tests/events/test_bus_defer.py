@@ -112,3 +112,14 @@ def test_a_raw_reader_gets_the_values_and_they_encode_as_the_built_event_would()
         assert event == expected
         assert raw.take_raw() == []
     assert build.calls == 1
+
+
+def test_values_published_now_are_read_as_values_or_as_the_event() -> None:
+    bus = EventBus(buffer=8)
+    values = (1.0, "c", "t1", "127.0.0.1", "a@b", 250, "2.1.0 ok")
+    with bus.subscribe() as raw, bus.subscribe() as built:
+        bus.publish_values(MailReceived, values)
+        assert raw.take_raw() == [(0, (MailReceived, values))]
+        [(_, event)] = built.take()
+        assert event == MailReceived(ts=1.0, conn="c", txn="t1", ip="127.0.0.1", sender="a@b",
+                                     code=250, reply="2.1.0 ok")  # fmt: skip
