@@ -7,6 +7,7 @@ re-reads the configuration; an invalid new one is reported and the running one s
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -102,6 +103,21 @@ def _follow_watchers(config: Config, bus: EventBus, host: PluginHost) -> None:
     follow(bus.detail)
 
 
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
+
+
+def _tune_gc() -> None:
+    """Once everything long-lived exists (config, plugins, modules): freeze it out of the
+    cyclic collector's sight, and collect young objects less often. Almost everything a
+    session allocates is freed by reference counting; the collector only hunts cycles, and
+    with the default threshold it ran every few connections and walked the whole heap often.
+    Measured with scripts/bench at c=100, a connection per message: 386-405 -> 366-370 us of
+    CPU per message; reused connections unchanged."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 def _needs_sandbox(plugins: PluginSet) -> bool:
     return any(e.sandbox for entries in plugins.table.values() for e in entries)
 
@@ -122,11 +138,14 @@ async def run(
     bus: EventBus | None = None,
     on_admin: Callable[[tuple[str, int] | None], None] | None = None,
     task_status: trio.TaskStatus[list[BoundListener]] = trio.TASK_STATUS_IGNORED,
+    tune_gc: bool = False,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain and return.
 
     ``bus`` carries the events (a new one from ``[admin]`` if not given); ``on_admin`` is told
     the admin listener's address (None: it could not bind) before the SMTP listeners open.
+    ``tune_gc``: the daemon's process is ours alone, so tune its garbage collector
+    (``_tune_gc``); an embedding program (the tests) keeps its own settings.
 
     Raises:
         PluginLoadError: a configured plugin cannot be loaded (nothing is listening yet).
@@ -166,6 +185,8 @@ async def run(
                 queue = make_queue(config, host, bus)
                 await services.start(queue.serve)
                 host.queue = queue
+            if tune_gc:
+                _tune_gc()
             server = SMTPServer(config, host.handler, tls=tls, bus=bus)
             bound: list[BoundListener] = await services.start(server.serve)
             for b in bound:

@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     app.setup_logging(config)
     try:
-        trio.run(lambda: app.run(config, on_ready=_print_ready))
+        trio.run(lambda: app.run(config, on_ready=_print_ready, tune_gc=True))
     except (PluginLoadError, TlsSetupError, AdminSetupError) as exc:
         print(f"trio-mta: {exc}", file=sys.stderr)
         return 1
