@@ -53,7 +53,8 @@ def _opened(ip: str) -> ConnectionOpened:
 
 def test_filters() -> None:
     every = EventFilter.from_query({}, 100)
-    assert every.empty
+    assert every.kinds() is None
+    assert not every.needs_match
     assert every.wants_plugin_calls
     assert every.match(_opened("1.2.3.4"))
     by_type = EventFilter.from_query({"type": ["transaction.end, connection"]}, 100)

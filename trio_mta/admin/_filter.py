@@ -78,30 +78,30 @@ class EventFilter:
             replay=min(int(replay_text), max_replay),
         )
 
+    def wants_type(self, kind: str) -> bool:
+        """Whether the type filter lets ``kind`` through: a type or a whole dotted prefix."""
+        ok = self._type_ok.get(kind)
+        if ok is None:
+            ok = self._type_ok[kind] = not self.types or any(
+                kind == t or kind.startswith(t + ".") for t in self.types
+            )
+        return ok
+
     @property
     def wants_plugin_calls(self) -> bool:
-        kind = "plugin.call"
-        return not self.types or any(kind == t or kind.startswith(t + ".") for t in self.types)
+        return self.wants_type("plugin.call")
 
     def kinds(self) -> frozenset[type[Event]] | None:
         """The event classes the type filter lets through (None: no type filter), so the bus
         never builds a deferred event this watcher would drop."""
         if not self.types:
             return None
-        return frozenset(
-            cls
-            for cls in EVENT_TYPES
-            if any(t == cls.TYPE or cls.TYPE.startswith(t + ".") for t in self.types)
-        )
+        return frozenset(cls for cls in EVENT_TYPES if self.wants_type(cls.TYPE))
 
     @property
     def needs_match(self) -> bool:
         """Whether ``match`` must see each event: the type filter alone is done by ``kinds``."""
         return bool(self.networks or self.sender_domains or self.rcpt_domains)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.types or self.networks or self.sender_domains or self.rcpt_domains)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -114,15 +114,8 @@ class EventFilter:
     def match(self, event: Event) -> bool:
         if type(event) is Gap:
             return True
-        if self.types:
-            ok = self._type_ok.get(event.TYPE)
-            if ok is None:
-                kind = event.TYPE
-                ok = self._type_ok[kind] = any(
-                    kind == t or kind.startswith(t + ".") for t in self.types
-                )
-            if not ok:
-                return False
+        if not self.wants_type(event.TYPE):
+            return False
         if self.networks:
             ip = getattr(event, "ip", None)
             if not isinstance(ip, str):
