@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,19 @@ Event = dict[str, object]
 MESSAGE = b"Subject: watched\r\n\r\nhello\r\n"
 
 
+# Where watchers are served by default in these tests (a test module may run both ways).
+WATCHER_PROCESS = {"on": True}
+
+
 def admin_config(var_dir: Path, **admin: object) -> Config:
     """``make_config`` with discard delivery and these ``[admin]`` settings (port 0)."""
     base = make_config(var_dir)
     plugins = attrs.evolve(base.plugins, order=("rcpt_to_host_list", "queue_discard"))
-    settings: dict[str, Any] = {"listen": "127.0.0.1:0", **admin}
+    settings: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "watcher_process": WATCHER_PROCESS["on"],
+        **admin,
+    }
     tls = attrs.evolve(base.tls, generate_self_signed=False)  # no certificate to make
     return attrs.evolve(base, plugins=plugins, tls=tls, admin=attrs.evolve(base.admin, **settings))
 
@@ -172,6 +180,13 @@ async def stalled_watcher(
             yield ws
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds: what a watcher process reports reaches the daemon a
+    moment after the watcher's own client sees it (the caller's deadline bounds the wait)."""
+    while not condition():  # noqa: ASYNC110  # state in another process: nothing to wait on
+        await trio.sleep(0.01)
 
 
 def types(events: list[Event]) -> list[str]:

@@ -18,7 +18,7 @@ from trio_mta.events import (
     PluginCalled,
 )
 
-from .kit import admin_config, running, stalled_watcher
+from .kit import Daemon, admin_config, eventually, running, stalled_watcher, watching
 
 CAP = 20
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -80,11 +80,24 @@ async def test_bus_drops_are_counted(tmp_path: Path) -> None:
             async with stalled_watcher(*d.admin, "/events") as ws:
                 for _ in range(100):
                     await d.send()
-                while d.bus.dropped == 0:  # the stalled watcher reads again: its gap
-                    await ws.get_message()
+                while '"type":"gap"' not in await ws.get_message():  # it reads again
+                    pass
+                await eventually(lambda: d.bus.dropped > 0)
             m = parse((await d.get("/metrics"))[1].decode())
     assert m[("trio_mta_events_dropped_total", ())] == d.bus.dropped > 0
     assert m[("trio_mta_events_published_total", ())] >= 100 * 8
+
+
+async def test_the_watchers_gauge_counts_watchers_not_subscriptions(tmp_path: Path) -> None:
+    async def watchers(d: Daemon) -> float:
+        return parse((await d.get("/metrics"))[1].decode())[("trio_mta_event_subscribers", ())]
+
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            async with watching(d.url()), watching(d.url("type=transaction.end")):
+                assert await watchers(d) == 2
+            await eventually(lambda: d.bus.subscribers == 0)
+            assert await watchers(d) == 0
 
 
 def test_plugin_watchdog_and_delivery_events_feed_their_metrics() -> None:

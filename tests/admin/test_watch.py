@@ -15,7 +15,7 @@ from tests.e2e.conftest import daemon_command
 from trio_mta.admin import WatchOptions, watch
 from trio_mta.admin._format import Style, format_event, format_transaction
 
-from .kit import admin_config, running
+from .kit import admin_config, eventually, running
 
 CAP = 20
 GREEN = "\x1b[32m"
@@ -143,16 +143,17 @@ async def test_watch_json_prints_raw_events(tmp_path: Path) -> None:
         async with running(admin_config(tmp_path / "var")) as d:
             out = io.StringIO()
 
-            async def send_then_close() -> None:
-                while not d.bus.active:  # noqa: ASYNC110  # the watcher subscribes in its own task
-                    await trio.sleep(0.01)
+            async def send_then_close(scope: trio.CancelScope) -> None:
+                # Subscribed once the daemon has taken the watcher (bus active).
+                await eventually(lambda: d.bus.active)
                 await d.send()
+                await eventually(lambda: "\n" in out.getvalue())
+                scope.cancel()  # a watcher runs until stopped
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(send_then_close)
+                nursery.start_soon(send_then_close, nursery.cancel_scope)
                 options = WatchOptions(url=d.url(), json=True, types=("transaction.end",))
-                with trio.move_on_after(1):  # a watcher runs until stopped
-                    await watch(options, out, io.StringIO())
+                await watch(options, out, io.StringIO())
     [event] = [json.loads(line) for line in out.getvalue().splitlines()]
     assert event["type"] == "transaction.end"
     assert event["outcome"] == "accepted"

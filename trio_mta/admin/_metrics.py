@@ -75,6 +75,9 @@ class Metrics:
         self.bus = bus
         self.plugin_metrics = plugin_metrics
         self.queue_size: Callable[[], int] | None = None  # set by the queue when it runs
+        # Set by the admin server: watchers wherever they are served (a watcher process is
+        # one subscriber of the bus for all of its watchers).
+        self.watchers: Callable[[], int] | None = None
         self.plugin_time: dict[tuple[str, str], _Histogram] = {}
         self.plugin_timeouts: dict[tuple[str, ...], int] = {}
         self.plugin_errors: dict[tuple[str, ...], int] = {}
@@ -160,8 +163,8 @@ class Metrics:
         yield CounterMetricFamily(
             "trio_mta_events_dropped", "Events lost by watchers that fell behind", bus.dropped
         )
-        yield GaugeMetricFamily("trio_mta_event_subscribers", "Watchers connected",
-                                bus.subscribers)  # fmt: skip
+        watchers = self.watchers() if self.watchers is not None else bus.subscribers
+        yield GaugeMetricFamily("trio_mta_event_subscribers", "Watchers connected", watchers)
 
 
 def _counter(

@@ -26,15 +26,14 @@ import re
 import socket as stdlib_socket
 
 import trio
-import trio_websocket
 
 from ..config import AdminConfig, admin_problems
 from ..events import EventBus
+from ..hooks import worker_env
 from ._access import Access
 from ._filter import EventFilter
 from ._http import (
     HttpError,
-    PrefixedStream,
     RequestHead,
     error_response,
     read_head,
@@ -42,7 +41,8 @@ from ._http import (
 )
 from ._metrics import CONTENT_TYPE as METRICS_TYPE
 from ._metrics import Metrics
-from ._stream import EncodedEvents, stream_events
+from ._process import WatcherProcess, WatcherProcessError
+from ._stream import EncodedEvents, serve_watcher, subscribe
 
 log = logging.getLogger("trio_mta.admin")
 
@@ -99,11 +99,23 @@ class AdminServer:
         self.config = config
         self.bus = bus
         self.metrics = metrics
+        metrics.watchers = lambda: self.clients
         self.server_name = server_name
         self.access = Access(config)
         self.page = Page.load()
         self.encoded = EncodedEvents(bus.size)
-        self.clients = 0
+        self.local_clients = 0  # watchers served in this process
+        self.process = (
+            WatcherProcess(bus, server=server_name, env=worker_env())
+            if config.watcher_process
+            else None
+        )
+
+    @property
+    def clients(self) -> int:
+        """Watchers connected, wherever they are served."""
+        process = self.process
+        return self.local_clients + (len(process.watchers) if process is not None else 0)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int] | None] = trio.TASK_STATUS_IGNORED
@@ -125,6 +137,8 @@ class AdminServer:
         bound_host, bound_port = listeners[0].socket.getsockname()[:2]
         log.info("admin listening address=%s:%d open=%s", bound_host, bound_port, config.open)
         async with trio.open_nursery() as handlers:
+            if self.process is not None:
+                handlers.start_soon(self.process.run)
             task_status.started((bound_host, bound_port))
             await trio.serve_listeners(self._handle, listeners, handler_nursery=handlers)
 
@@ -167,28 +181,31 @@ class AdminServer:
             event_filter = EventFilter.from_query(head.query, self.config.replay)
             if self.clients >= self.config.max_clients:
                 raise HttpError(503, "admin: too many watchers (see [admin] max_clients)")
-            await self._websocket(stream, raw, event_filter)
+            if self.process is None:
+                await self._websocket(stream, raw, event_filter)
+                return
+            try:
+                await self.process.hand_over(stream, raw, event_filter, head.query)
+            except WatcherProcessError as exc:
+                raise HttpError(503, f"admin: {exc}") from None
+            finally:
+                await stream.aclose()  # our copy: the watcher process has its own
             return
         raise HttpError(404, "admin: not found (try /, /events, /metrics)")
 
     async def _websocket(
         self, stream: trio.SocketStream, raw: bytes, event_filter: EventFilter
     ) -> None:
-        self.clients += 1
+        self.local_clients += 1
         try:
-            async with trio.open_nursery() as nursery:
-                with trio.fail_after(HANDSHAKE_DEADLINE):
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, PrefixedStream(stream, raw)
-                    )
-                    ws = await request.accept()
-                try:
-                    await stream_events(
-                        ws, self.bus, event_filter, server=self.server_name, encoded=self.encoded
-                    )
-                finally:
-                    with trio.move_on_after(CLOSE_DEADLINE, shield=True):
-                        await ws.aclose()
-                    nursery.cancel_scope.cancel()
+            subscription = subscribe(self.bus, event_filter)
+            await serve_watcher(
+                stream,
+                raw,
+                subscription,
+                event_filter,
+                server=self.server_name,
+                encoded=self.encoded,
+            )
         finally:
-            self.clients -= 1
+            self.local_clients -= 1

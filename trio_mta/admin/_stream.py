@@ -35,7 +35,10 @@ from ..events import (
     event_json,
 )
 from ._filter import EventFilter
+from ._http import PrefixedStream
 
+HANDSHAKE_DEADLINE = 10.0
+CLOSE_DEADLINE = 2.0
 BATCH_INTERVAL = 0.02  # seconds a caught-up watcher waits for the next batch to gather
 BATCH_LIMIT = 2000  # events per message
 
@@ -62,37 +65,85 @@ class EncodedEvents:
         return self._texts[slot]
 
 
-async def stream_events(
-    ws: trio_websocket.WebSocketConnection,
-    bus: EventBus,
+def subscribe(bus: EventBus, event_filter: EventFilter, at: int | None = None) -> Subscription:
+    """The subscription a watcher with this filter reads: its events start now (or at event
+    number ``at``)."""
+    return bus.subscribe(
+        event_filter.replay,
+        detail=event_filter.wants_plugin_calls,
+        kinds=event_filter.kinds(),
+        at=at,
+    )
+
+
+async def serve_watcher(
+    stream: trio.abc.Stream,
+    raw: bytes,
+    subscription: Subscription,
     event_filter: EventFilter,
     *,
     server: str,
     encoded: EncodedEvents,
 ) -> None:
-    """Send events until the client goes away.
+    """Complete the websocket handshake whose request head ``raw`` was already read from
+    ``stream``, then send the events of ``subscription`` (made when the request came: the
+    watcher's events start there, not once the handshake is done) until the client goes
+    away. Closes the subscription.
+
+    Raises:
+        trio.TooSlowError: the client did not finish the handshake in time.
+    """
+    with subscription:
+        replayed = subscription.replayed
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANDSHAKE_DEADLINE):
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, PrefixedStream(stream, raw)
+                )
+                ws = await request.accept()
+            try:
+                await stream_events(
+                    ws,
+                    subscription,
+                    event_filter,
+                    server=server,
+                    encoded=encoded,
+                    replayed=replayed,
+                )
+            finally:
+                with trio.move_on_after(CLOSE_DEADLINE, shield=True):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+
+async def stream_events(
+    ws: trio_websocket.WebSocketConnection,
+    subscription: Subscription,
+    event_filter: EventFilter,
+    *,
+    server: str,
+    encoded: EncodedEvents,
+    replayed: int,
+) -> None:
+    """Send the hello, then events until the client goes away.
 
     Error handling: a closed connection ends the stream quietly.
     """
-    detail = event_filter.wants_plugin_calls
-    with bus.subscribe(
-        event_filter.replay, detail=detail, kinds=event_filter.kinds()
-    ) as subscription:
-        hello = {
-            "v": SCHEMA_VERSION,
-            "type": "hello",
-            "server": server,
-            "ts": bus.clock(),
-            "replay": subscription.pending,
-            "filter": event_filter.describe(),
-        }
-        try:
-            await ws.send_message(json.dumps([hello]))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain_client, ws, nursery.cancel_scope)
-                await _pump(ws, subscription, event_filter, encoded)
-        except trio_websocket.ConnectionClosed:
-            return
+    hello = {
+        "v": SCHEMA_VERSION,
+        "type": "hello",
+        "server": server,
+        "ts": subscription.bus.clock(),
+        "replay": replayed,
+        "filter": event_filter.describe(),
+    }
+    try:
+        await ws.send_message(json.dumps([hello]))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain_client, ws, nursery.cancel_scope)
+            await _pump(ws, subscription, event_filter, encoded)
+    except trio_websocket.ConnectionClosed:
+        return
 
 
 async def _pump(

@@ -81,6 +81,9 @@ class AdminConfig:
     # Time every plugin call for the /metrics histograms even when nobody watches (costs a
     # little on every hook; without it, plugin metrics stay empty).
     plugin_metrics: bool = False
+    # Serve watchers from a separate process fed by the daemon (their JSON encoding and
+    # websocket writes then cost the SMTP event loop nothing); false: in the daemon itself.
+    watcher_process: bool = True
 
     @property
     def host(self) -> str:

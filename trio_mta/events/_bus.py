@@ -76,6 +76,7 @@ class EventBus:
         self.size = max(retain, buffer)
         self._ring: list[Event | Deferred | Computed | None] = [None] * self.size
         self._seq = 0  # the sequence number the next event gets
+        self._skipped = (0, 0)  # a mirror's last run of numbers that carried no event
         self._lot = trio.lowlevel.ParkingLot()
         self._taps: dict[type[Event], list[Tap]] = {}
         self._watchers: list[Callable[[bool], None]] = []
@@ -142,6 +143,32 @@ class EventBus:
         if self._lot:
             self._lot.unpark_all()
 
+    def mirror(self, seq: int, kind: type[Event], values: tuple[object, ...]) -> None:
+        """Publish, as event number ``seq``, an event another bus published (the watcher
+        process mirrors the daemon's bus, so ``seq`` means the same on both sides). Numbers
+        skipped since the last one are events left out on the way: their slots are emptied,
+        readers pass over them. An older ``seq`` than the last is ignored."""
+        if seq < self._seq:
+            return
+        if seq > self._seq:
+            self._skipped = (self._seq, seq)
+            ring, size = self._ring, self.size
+            for skipped in range(max(self._seq, seq - size), seq):
+                ring[skipped % size] = None
+        self._ring[seq % self.size] = (kind, values)
+        self._seq = seq + 1
+        if self._lot:
+            self._lot.unpark_all()
+
+    def mirror_gap(self, dropped: int) -> None:
+        """The mirrored bus lost ``dropped`` events before they reached this one: every
+        subscriber gets a ``Gap`` saying so, in the place of the first one lost (a number
+        that will never carry an event; ``mirror`` skips the rest)."""
+        self._ring[self._seq % self.size] = Gap(ts=self.clock(), dropped=dropped)
+        self._seq += 1
+        if self._lot:
+            self._lot.unpark_all()
+
     def add_tap(self, tap: Tap, kinds: Iterable[type[Event]]) -> None:
         """Call ``tap(event)`` for every event of these classes, as it is published."""
         for kind in kinds:
@@ -158,13 +185,18 @@ class EventBus:
         *,
         detail: bool = True,
         kinds: frozenset[type[Event]] | None = None,
+        at: int | None = None,
     ) -> Subscription:
         """A new subscriber, starting ``replay`` events back (at most ``retain``, at most what
-        has been published); ``detail``: it wants plugin calls; ``kinds``: the only event
-        classes it receives (None: all; a ``Gap`` always). Use it as a context manager:
+        has been published) from now, or from event number ``at`` (a mirror's subscriber
+        whose events started in the mirrored bus a moment ago); ``detail``: it wants plugin
+        calls; ``kinds``: the only event classes it receives (None: all; a ``Gap`` always).
+        ``replayed`` on the result is how far back it starts. Use it as a context manager:
         leaving it unsubscribes."""
-        back = min(max(replay, 0), self.retain, self._seq)
-        subscription = Subscription(self, self._seq - back, detail, kinds)
+        start = self._seq if at is None else min(at, self._seq)
+        back = min(max(replay, 0), self.retain, start)
+        subscription = Subscription(self, start - back, detail, kinds)
+        subscription.replayed = back
         self.subscribers += 1
         self.active = True
         if detail:
@@ -199,9 +231,12 @@ class EventBus:
         out: list[tuple[int, RawItem]] = []
         oldest = self._seq - self.size
         if cursor < oldest:
-            lost = oldest - cursor
-            self.dropped += lost
-            out.append((-1, Gap(ts=self.clock(), dropped=lost)))
+            # Numbers a mirror skipped were never events here: not lost (the last run only).
+            start, stop = self._skipped
+            lost = oldest - cursor - max(0, min(stop, oldest) - max(start, cursor))
+            if lost > 0:
+                self.dropped += lost
+                out.append((-1, Gap(ts=self.clock(), dropped=lost)))
             cursor = oldest
         end = min(self._seq, cursor + limit)
         ring, size = self._ring, self.size
@@ -216,9 +251,13 @@ class EventBus:
                     item = ring[slot] = (kind, item[1](*item[2]))
                 if not raw:
                     item = ring[slot] = _event(kind, item[1])
+            elif item is None:  # left out on the way to a mirror
+                continue
+            elif type(item) is Gap:  # lost on the way to a mirror: every reader is told
+                out.append((-1, item))
+                continue
             elif kinds is not None and type(item) not in kinds:
                 continue
-            assert item is not None
             out.append((seq, item))  # type: ignore[arg-type]  # a Computed or an Event
         return end, out
 
@@ -251,6 +290,16 @@ class Subscription:
         self.detail = detail
         self.kinds = kinds
         self.closed = False
+        self.replayed = 0  # events before the start asked for (``subscribe``'s replay)
+
+    def retune(self, *, detail: bool, kinds: frozenset[type[Event]] | None) -> None:
+        """Change what this subscriber wants from the next read on (events it skipped are
+        not read again)."""
+        if detail != self.detail and not self.closed:
+            self.bus.detailed += 1 if detail else -1
+            self.bus._set_detail()
+        self.detail = detail
+        self.kinds = kinds
 
     @property
     def pending(self) -> int:

@@ -68,6 +68,7 @@ from ._sandbox import ProcessSandbox as ProcessSandbox
 from ._sandbox import SandboxError as SandboxError
 from ._sandbox import WorkerCrashed as WorkerCrashed
 from ._sandbox import open_sandbox as open_sandbox
+from ._sandbox import worker_env as worker_env
 from ._smtpclient import SendResult as SendResult
 from ._smtpclient import SMTPClient as SMTPClient
 from ._smtpclient import SMTPClientError as SMTPClientError
