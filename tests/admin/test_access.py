@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from pathlib import Path
 
 import attrs
@@ -164,3 +165,18 @@ async def test_plain_http_errors(tmp_path: Path) -> None:
             stream = await trio.open_tcp_stream(*d.admin)
             await stream.send_all(b"NONSENSE\r\n\r\n")
             assert (await stream.receive_some()).startswith(b"HTTP/1.1 400 ")
+
+
+async def test_a_client_gone_before_its_error_response_costs_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            for _ in range(20):  # a refused request, then a reset before the answer
+                sock = trio.socket.socket()
+                await sock.connect(d.admin)
+                await sock.send(b"POST / HTTP/1.1\r\nHost: " + d.base_url.encode() + b"\r\n\r\n")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            await trio.sleep(0.2)  # let the listener try its answers
+            status, _ = await d.get("/metrics")
+            assert status == 200
+            assert (await d.send()).code == 250

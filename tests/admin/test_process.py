@@ -8,9 +8,11 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 
+from trio_mta.admin import _process
 from trio_mta.admin._child import _Child
 from trio_mta.admin._process import _pack
 from trio_mta.events import EVENT_TYPES, EventBus, Gap, MailReceived, TransactionEnded
@@ -159,3 +161,18 @@ def test_numbers_the_mirror_skipped_are_not_counted_as_lost() -> None:
     assert isinstance(got[0][1], Gap)
     assert got[0][1].dropped == 1040 - 1000 - 16 + 1
     assert [seq for seq, _ in got[1:]] == list(range(1025, 1041))
+
+
+async def test_a_watcher_process_that_cannot_start_gets_the_watcher_a_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_process, "CHILD_MAIN", "import sys; sys.exit(3)")
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            with pytest.raises(trio_websocket.ConnectionRejected) as caught:
+                async with watching(d.url()):
+                    pass
+            assert caught.value.status_code == 503
+            assert b"watcher process is not available" in (caught.value.body or b"")
+            assert not d.bus.active
+            assert (await d.send()).code == 250

@@ -19,6 +19,7 @@ different matter: ``AdminServer`` refuses to be built (and the loader refuses th
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.resources
 import logging
@@ -82,6 +83,13 @@ class Page:
 
 def _sha256(text: str) -> str:
     return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+async def _refuse(stream: trio.SocketStream, error: HttpError) -> None:
+    """Send the error response if the client still takes it (it may be gone)."""
+    with trio.move_on_after(CLOSE_DEADLINE):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.send_all(error_response(error.status, error.message))
 
 
 class AdminServer:
@@ -153,12 +161,13 @@ class AdminServer:
                 return
             await self._dispatch(stream, *got)
         except HttpError as exc:
-            with trio.move_on_after(CLOSE_DEADLINE):
-                await stream.send_all(error_response(exc.status, exc.message))
+            await _refuse(stream, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
         except Exception:  # the isolation boundary of one admin connection
             log.exception("admin connection failed")
+        finally:
+            await stream.aclose()
 
     async def _dispatch(self, stream: trio.SocketStream, head: RequestHead, raw: bytes) -> None:
         if head.method not in ("GET", "HEAD"):
@@ -188,9 +197,7 @@ class AdminServer:
                 await self.process.hand_over(stream, raw, event_filter, head.query)
             except WatcherProcessError as exc:
                 raise HttpError(503, f"admin: {exc}") from None
-            finally:
-                await stream.aclose()  # our copy: the watcher process has its own
-            return
+            return  # closing our copy of the socket leaves the watcher process's open
         raise HttpError(404, "admin: not found (try /, /events, /metrics)")
 
     async def _websocket(
