@@ -3,6 +3,7 @@ notices), stopped with the daemon; what crosses the socket pair between the two.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import signal
@@ -176,3 +177,34 @@ async def test_a_watcher_process_that_cannot_start_gets_the_watcher_a_503(
             assert b"watcher process is not available" in (caught.value.body or b"")
             assert not d.bus.active
             assert (await d.send()).code == 250
+
+
+async def test_a_stuck_watcher_process_is_killed_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_process, "STALL", 0.5)
+    monkeypatch.setattr(_process, "_BUFFER", 4096)  # the feed blocks after a few messages
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            async with watching(d.url()):
+                [pid] = watcher_process_pids()
+                os.kill(pid, signal.SIGSTOP)  # alive, reading nothing
+                try:
+                    while d.bus.active:  # until the feed gave up on it (CAP bounds this)
+                        assert (await d.send()).code == 250  # SMTP never waits for it
+                finally:
+                    with contextlib.suppress(ProcessLookupError):  # killed and reaped
+                        os.kill(pid, signal.SIGCONT)
+            await eventually(lambda: not process_exists(pid) or zombie(pid))
+            async with watching(d.url()) as again:
+                assert watcher_process_pids() != [pid]
+                await d.send()
+                await again.until("transaction.end")
+
+
+def zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"

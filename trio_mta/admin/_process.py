@@ -50,6 +50,7 @@ BATCH_INTERVAL = 0.02  # seconds between the feed's batches while events keep co
 BATCH_LIMIT = 4000  # events per frame
 START_DEADLINE = 30.0  # seconds for the child to import and say it is ready
 STOP_DEADLINE = 5.0  # seconds for the child to close its watchers and exit
+STALL = 10.0  # seconds a send to the child may block before the child is deemed stuck
 _BUFFER = 4 << 20  # socket buffers: a second of events at full load fits
 _KIND_INDEX = {kind: index for index, kind in enumerate(EVENT_TYPES)}
 _MARSHALLABLE = (str, int, float, bool, type(None))
@@ -157,17 +158,10 @@ class WatcherProcess:
                 log.error("admin: cannot start the watcher process: %s", exc)
                 self._fail_queued()
                 continue
-            ready = trio.Event()
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read, sock, ready, nursery.cancel_scope)
-                    with trio.move_on_after(START_DEADLINE):
-                        await ready.wait()
-                    if ready.is_set():
-                        nursery.start_soon(self._feed, sock)
-                    else:
-                        log.error("admin: the watcher process did not start in time")
-                        nursery.cancel_scope.cancel()
+                await self._serve(process, sock, trio.Event())
+            except Exception:  # the isolation boundary: watching never stops the daemon
+                log.exception("admin: the watcher process feed failed")
             finally:
                 sock.close()
                 self._fail_queued()
@@ -177,6 +171,20 @@ class WatcherProcess:
                 self.watchers.clear()
                 self._retune()
             log.warning("admin: the watcher process exited (status %s)", process.returncode)
+
+    async def _serve(
+        self, process: trio.Process, sock: trio.socket.SocketType, ready: trio.Event
+    ) -> None:
+        """Read the child's frames and feed it, until its end of the socket closes."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, sock, ready, nursery.cancel_scope)
+            with trio.move_on_after(START_DEADLINE):
+                await ready.wait()
+            if ready.is_set():
+                nursery.start_soon(self._feed, sock, process)
+            else:
+                log.error("admin: the watcher process did not start in time")
+                nursery.cancel_scope.cancel()
 
     async def _start(self) -> tuple[trio.Process, trio.socket.SocketType]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -207,26 +215,41 @@ class WatcherProcess:
         for handover in queued:
             handover.done.set()
 
-    async def _feed(self, sock: trio.socket.SocketType) -> None:
+    async def _feed(self, sock: trio.socket.SocketType, process: trio.Process) -> None:
         while True:
             sub = self._subscription
             while sub is not None:
                 items = sub.take_raw(BATCH_LIMIT)
                 if items:
-                    await _send(sock, EVENTS, _pack(items))
+                    await self._send(sock, process, EVENTS, _pack(items))
                 self._next = sub.cursor
                 if not sub.pending or sub is not self._subscription:
                     break
             while self._queue:
                 handover = self._queue.pop(0)
                 try:
-                    await _send(sock, WATCHER, handover.payload, handover.sock.fileno())
+                    fd = handover.sock.fileno()
+                    await self._send(sock, process, WATCHER, handover.payload, fd)
                     handover.ok = True
                 finally:
                     handover.done.set()
             with trio.move_on_after(BATCH_INTERVAL if self.watchers else math.inf):
                 await self._wake.wait()
             self._wake = trio.Event()
+
+    @staticmethod
+    async def _send(
+        sock: trio.socket.SocketType, process: trio.Process, kind: int, payload: bytes, fd: int = -1
+    ) -> None:
+        """A frame to the child; a child that takes nothing for ``STALL`` seconds is stuck: it
+        is killed (its end of the socket closes, and everything that waits on it ends)."""
+        with trio.move_on_after(STALL):
+            await _send(sock, kind, payload, fd)
+            return
+        log.error("admin: the watcher process took nothing for %gs; killing pid %d", STALL,
+                  process.pid)  # fmt: skip
+        process.kill()
+        await trio.sleep_forever()  # until the reader sees the end and cancels the feed
 
     async def _read(
         self, sock: trio.socket.SocketType, ready: trio.Event, scope: trio.CancelScope
@@ -235,7 +258,10 @@ class WatcherProcess:
         the socket (the child died or exited), the whole feed stops."""
         buffer = bytearray()
         while True:
-            data = await sock.recv(65536)
+            try:
+                data = await sock.recv(65536)
+            except OSError:  # reset: the child died with frames unread
+                data = b""
             if not data:
                 scope.cancel()
                 return
