@@ -154,8 +154,8 @@ class WatcherProcess:
                 continue
             try:
                 process, sock = await self._start()
-            except OSError as exc:
-                log.error("admin: cannot start the watcher process: %s", exc)
+            except Exception as exc:  # no executable, no fds, no memory: watchers get 503
+                log.error("admin: cannot start the watcher process: %r", exc)
                 self._fail_queued()
                 continue
             try:
