@@ -9,8 +9,10 @@ import trio.testing
 
 from tests.helpers import replies
 from tests.helpers.config import make_config
-from tests.helpers.driver import start_driver
+from tests.helpers.driver import PausedClockDelivery, start_driver
 from tests.helpers.maildir import all_messages
+from trio_mta.protocol import Reply
+from trio_mta.server import Session
 
 CAP = 10_000  # virtual seconds: a deadlocked test autojumps here and fails at once
 
@@ -209,3 +211,35 @@ async def test_client_talking_before_the_server_started_is_an_early_talker(
         await h.client.send(b"EHLO impatient.example\r\nMAIL FROM:<spam@example.org>\r\n")
         assert await h.client.read_to_eof() == replies.EARLY_TALKER
         assert h.elapsed() == 0
+
+
+class SlowStore(PausedClockDelivery):
+    """Delivery that takes 20 virtual seconds: longer than the data deadlines below."""
+
+    async def message(self, session: Session) -> Reply:
+        await trio.sleep(20)
+        return await super().message(session)
+
+
+async def test_a_slow_store_after_the_final_dot_is_not_cut_by_the_data_deadlines(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = make_config(
+        tmp_path,
+        timeouts={"banner": 7, "command": 11, "data_block": 13, "data_total": 15, "session": 1000},
+    )
+    with trio.fail_after(CAP):
+        h = await start_driver(nursery, config, autojump_clock, handler_class=SlowStore)
+        await h.client.expect(220)
+        await h.client.command("EHLO client.example", 250)
+        await h.client.command("MAIL FROM:<a@example.org>", 250)
+        await h.client.command("RCPT TO:<b@example.test>", 250)
+        await h.client.command("DATA", 354)
+        await trio.sleep(4)
+        started = h.elapsed()
+        await h.client.send(b"Subject: slow store\r\n\r\nbody\r\n.\r\n")
+        answer = await h.client.reply()
+        assert answer.code == 250  # stored, and told so: not 421 at the data deadlines
+        assert h.elapsed() == started + 20
+        await h.client.command("QUIT", 221)
+    assert len(all_messages(tmp_path)) == 1

@@ -563,6 +563,11 @@ class ConnectionDriver:
                 self.session, self.config.server.hostname, now=time.time()
             )
         txn.notes["size"] = ev.size
+        # The queue hooks have deadlines of their own; the one armed for reading the data no
+        # longer applies. Cutting the connection now could drop the reply to a message already
+        # stored (the client would send it again). Only the session cap still stands.
+        self.phase = Phase.SESSION
+        self.scope.deadline = self._session_deadline
         try:
             answer = await self.handler.message(self.session)
         except Exception:
