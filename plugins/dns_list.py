@@ -36,6 +36,11 @@ At RCPT the verdict is given by both ``rcpt`` and ``rcpt_ok``: a plugin earlier 
 that accepts the recipient (``rcpt_to_host_list``) ends the ``rcpt`` chain before this plugin,
 but ``rcpt_ok`` still runs, so a listed client never gets a recipient accepted, whatever the
 order.
+
+Config (``conf/plugins/dns_list.toml``): ``zones`` (required; tables with ``zone``, ``type``
+"block"/"allow", ``codes``, ``reason``, ``ipv6``), ``reject_at`` ("rcpt"/"connect"),
+``soft_on_error``, ``check_loopback``, ``skip_listeners``, ``nameservers``. Unknown keys and bad
+values are refused at load.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ CodeRange = tuple[int, int]  # first and last IPv4 address, as integers
 
 LISTED = "dns_list.listed"  # {zone: [answers]} for the block zones that list the client
 ALLOWED = "dns_list.allowed"  # the first allow zone (in configured order) that lists it
-ERRORS = "dns_list.errors"  # {zone: why} for the zones that gave no usable answer
+ERRORS = "dns_list.errors"  # {zone: why} for the zones that failed (SERVFAIL, no answer...)
 IGNORED = "dns_list.ignored"  # {zone: why} for zones whose answers were not believed
 TXT = "dns_list.txt"  # {zone: text} the TXT record of a listing block zone, if printable
 

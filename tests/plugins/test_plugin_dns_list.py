@@ -34,6 +34,7 @@ def load_dns_list(
     resolver: hooks.Resolver | None,
     *,
     before: Sequence[str] = (),
+    before_configs: Mapping[str, Mapping[str, object]] | None = None,
     timeout: float = 5.0,
 ) -> hooks.HookRunner:
     env = hooks.PluginEnv(
@@ -43,6 +44,7 @@ def load_dns_list(
         resolver=resolver,
     )
     configs: dict[str, Mapping[str, object]] = {name: {} for name in before}
+    configs.update(before_configs or {})
     configs["dns_list"] = {"check_loopback": True, "timeout": timeout, **config}
     plugins = hooks.load_plugins([*before, "dns_list"], configs=configs, env=env)
     return hooks.HookRunner(plugins)
@@ -370,6 +372,25 @@ async def test_a_client_whitelisted_by_another_plugin_is_not_refused() -> None:
     assert (await verdict(run, "rcpt", conn, BOB, RCPT))[1] == LISTED_REPLY
     txn.notes["whitelisted"] = "access: mail"
     assert (await verdict(run, "rcpt", conn, BOB, RCPT))[1] is None
+
+
+async def test_a_client_allowed_by_access_at_connect_is_not_looked_up() -> None:
+    resolver = static(a={LISTED_NAME: ["127.0.0.2"], "1.100.51.198.bl.test": ["127.0.0.2"]})
+    access = {"client": {"allow": ["192.0.2.0/24"]}}
+    run = load_dns_list(
+        {"zones": [BL], "reject_at": "connect"},
+        resolver,
+        before=["access"],
+        before_configs={"access": access},
+    )
+    conn, connected, rcpt, rcpt_ok = await session(run)
+    assert (connected, rcpt, rcpt_ok) == (None, None, None)
+    assert conn.notes["whitelisted"] == "access: client"
+    assert resolver.queries == []
+    # Another client of the same list, not allowed by access, is refused.
+    _, connected, _, _ = await session(run, ip="198.51.100.1")
+    assert connected is not None
+    assert connected.code == 554
 
 
 @pytest.mark.parametrize(
