@@ -136,6 +136,10 @@ class Transaction:
     added_headers: list[tuple[str, str]] = attrs.Factory(list)
     removed_headers: set[str] = attrs.Factory(set)
     skip_plugins: set[str] = attrs.Factory(set)
+    # Set by a plugin that accepted a recipient for relaying in this transaction only (the srs
+    # plugin, for a valid bounce address): the message goes to queue_outbound, as a relaying
+    # client's does, while ``Connection.relaying`` (what later RCPTs are judged by) is unchanged.
+    relaying: bool = False
 
     def add_header(self, name: str, value: str) -> None:
         """Prepend ``name: value`` to the message (after our trace header)."""

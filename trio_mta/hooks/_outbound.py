@@ -12,7 +12,8 @@ envelope:
 ``delivered(conn, report)``, ``deferred(conn, report)``
     Notifications after an attempt (results ignored).
 ``bounce(conn, report)``
-    A recipient failed for good: OK suppresses the bounce message (the plugin handled it).
+    A recipient failed for good: OK suppresses the bounce message (the plugin handled it);
+    setting ``conn.transaction.sender`` to another address sends the bounce there instead.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Which delivery status notifications an attempt calls for, made ready for the spool.
 
 Failures go to the envelope sender for the recipients whose NOTIFY asks for failures (all of
-them without NOTIFY), unless a ``bounce`` plugin says OK; never to ``<>``: a failing message
-from ``<>`` (a bounce, or relayed mail with a null sender) is reported to the postmaster as a
-double bounce, and a failing double bounce is logged and dropped. NOTIFY=SUCCESS gets a
-"relayed" report (or "delivered", for local delivery).
+them without NOTIFY), unless a ``bounce`` plugin says OK (or readdresses the report by setting
+the transaction's sender, as srs and batv do to undo their rewriting); never to ``<>``: a
+failing message from ``<>`` (a bounce, or relayed mail with a null sender) is reported to the
+postmaster as a double bounce, and a failing double bounce is logged and dropped.
+NOTIFY=SUCCESS gets a "relayed" report (or "delivered", for local delivery).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ..config import Config
-from ..hooks import Action, DeliveryReport, HookRunner
+from ..hooks import Action, Connection, DeliveryReport, HookRunner
 from ._attempt import outbound_connection
 from ._dsn import DsnAction, build_dsn
 from ._records import Envelope, Kind, Recipient
@@ -63,20 +64,23 @@ class Notices:
         if not self.bounces:
             return []
         runner = self.runner()
+        to = env.sender
         if runner is not None and runner.has("bounce"):
             report = DeliveryReport(env.id, failed[0].domain, tuple(r.address for r in failed))
-            result, plugin = await runner.run("bounce", outbound_connection(env, None), report)
+            conn = outbound_connection(env, None)
+            result, plugin = await runner.run("bounce", conn, report)
             if result.action is Action.OK:
                 log.info("queue: %s bounce suppressed by plugin %s", env.id, plugin)
                 return []
+            to = _readdressed(env, conn)
         if env.kind is Kind.DOUBLE_BOUNCE:
             log.error("queue: %s: double bounce to the postmaster failed; dropped", env.id)
             return []
-        if env.sender is None:  # never a bounce to <>: the postmaster hears of it
+        if to is None:  # never a bounce to <>: the postmaster hears of it
             rows = [(r, DsnAction.FAILED) for r in failed]
             return [self.make(env, rows, message, self.postmaster, Kind.DOUBLE_BOUNCE)]
         wanted = [(r, DsnAction.FAILED) for r in failed if r.wants("FAILURE")]
-        return [self.make(env, wanted, message, env.sender, Kind.BOUNCE)] if wanted else []
+        return [self.make(env, wanted, message, to, Kind.BOUNCE)] if wanted else []
 
     def make(
         self,
@@ -108,3 +112,16 @@ class Notices:
             size=len(data),
         )
         return notice, data
+
+
+def _readdressed(env: Envelope, conn: Connection) -> str | None:
+    """Where the failure report goes: the envelope sender, unless a ``bounce`` plugin set the
+    transaction's sender to another address (srs and batv undo their own rewriting of the
+    sender, so our bounce goes straight to the original sender). A null sender stays null."""
+    txn = conn.transaction
+    if env.sender is None or txn is None or txn.sender is None:
+        return env.sender
+    to = str(txn.sender)
+    if to != env.sender:
+        log.info("queue: %s bounce readdressed from <%s> to <%s>", env.id, env.sender, to)
+    return to

@@ -153,7 +153,7 @@ class HookHandler:
         result, _ = await self.runner.run("data_post", conn)
         if result.action.is_denial:
             return self._verdict(conn, "data_post", result)
-        hook = "queue_outbound" if conn.relaying else "queue"
+        hook = "queue_outbound" if conn.relaying or txn.relaying else "queue"
         result, _ = await self.runner.run(hook, conn)
         if result.action.is_denial:
             return self._verdict(conn, hook, result)
