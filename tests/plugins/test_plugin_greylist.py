@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol, cast
@@ -504,6 +505,34 @@ async def test_a_broken_file_lets_mail_through(
     assert reply is None
     assert txn.notes["greylist.result"] == "skipped:error"
     assert any("greylist state unavailable" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_locked_file_delays_the_writes_not_the_decisions(
+    bench: Bench,
+    mock_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_mta.plugin.greylist")
+    greylist = bench.load()
+    store = sys.modules[type(greylist.plugin).__module__].store  # the plugin's own copy
+    monkeypatch.setattr(store, "BUSY_SECONDS", 0.05)
+    monkeypatch.setattr(store, "RETRY_SECONDS", 0.05)
+    await greylist.plugin.startup()
+    with contextlib.closing(sqlite3.connect(bench.database, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")  # another writer holds the file
+        assert await greylist.reply() == greylisted(300)
+        assert not await greylist.plugin.flush()
+        mock_clock.jump(DELAY)
+        assert await greylist.reply() is None  # memory decides meanwhile
+        other.execute("ROLLBACK")
+    assert await greylist.plugin.flush()  # the rows kept were written at the next attempt
+    [row] = bench.rows()
+    assert row[:3] == ("192.0.2.0/24", "alice@example.org", "bob@example.test")
+    assert row[6] == 1  # passes: the latest state, not the first
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot write" in m for m in messages) == 1  # once, not at every retry
+    assert any("writing" in m and "again" in m for m in messages)
 
 
 # ----------------------------------------------------------------------------- config
