@@ -170,17 +170,18 @@ def _domain(text: str) -> str | None:
 
 
 def _recipient_entries(entries: list[str]) -> tuple[frozenset[str], ...]:
+    """``allow_recipients`` as (addresses, domains, local parts)."""
     addresses, domains, locals_ = set(), set(), set()
     for entry in entries:
-        local, at, domain = entry.lower().rpartition("@")
-        if not at or "@" in local or " " in entry:
-            local = "@"  # refused below
-        if local and not domain:
+        local, at, rest = entry.lower().rpartition("@")
+        domain = _domain(rest)
+        local_ok = bool(local) and "@" not in local and " " not in local
+        if at and local_ok and not rest:
             locals_.add(local)
-        elif not local and _domain(domain):
-            domains.add(domain.rstrip("."))
-        elif local and local != "@" and _domain(domain):
-            addresses.add(f"{local}@{domain.rstrip('.')}")
+        elif at and not local and domain:
+            domains.add(domain)
+        elif at and local_ok and domain:
+            addresses.add(f"{local}@{domain}")
         else:
             raise ValueError(
                 f"allow_recipients: {entry!r} is not an address, '@domain' or 'local-part@'"
@@ -308,7 +309,12 @@ class Plugin(hooks.Plugin):
     # ------------------------------------------------------------------ life cycle
 
     async def startup(self) -> None:
-        await self._open()  # a file that cannot be opened stops start-up (or the reload)
+        try:
+            await self._open()
+        except (sqlite3.Error, OSError) as exc:
+            # Loudly, at start-up (or the reload is refused): later, errors only fail open.
+            path = self.settings.database
+            raise hooks.PluginLoadError(f"plugin {self.name!r}: cannot use {path}: {exc}") from exc
 
     async def shutdown(self) -> None:
         self._closed = True

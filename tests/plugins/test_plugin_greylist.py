@@ -491,7 +491,10 @@ async def test_a_file_that_cannot_be_opened_stops_startup(
     bench.var_dir.mkdir()
     bench.database.write_bytes(b"this is not an SQLite database, but it is long enough" * 40)
     greylist = bench.load()
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(
+        hooks.PluginLoadError,
+        match=r"plugin 'greylist': cannot use .*greylist\.sqlite3: file is not a database",
+    ):
         await greylist.plugin.startup()
 
 
@@ -574,6 +577,9 @@ def test_runner_keys_are_accepted(tmp_path: Path) -> None:
         ({"allow_sender_domains": [""]}, "allow_sender_domains: '' is not a domain name"),
         ({"allow_recipients": ["postmaster"]}, "allow_recipients: 'postmaster' is not an address"),
         ({"allow_recipients": ["@"]}, "allow_recipients: '@' is not an address"),
+        ({"allow_recipients": ["a b@"]}, "allow_recipients: 'a b@' is not an address"),
+        ({"allow_recipients": ["@a..example"]}, "allow_recipients: '@a..example' is not"),
+        ({"allow_recipients": ["x@@example.test"]}, "allow_recipients: 'x@@example.test' is not"),
         ({"allow_recipients": ["a@b@c.example"]}, "allow_recipients: 'a@b@c.example' is not"),
         ({"allow_recipients": ["a b@example.test"]}, "allow_recipients: 'a b@example.test' is not"),
         ({"database": ""}, "database: must be a file name or path, not ''"),
