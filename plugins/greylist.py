@@ -81,7 +81,7 @@ def _sibling(name: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # attrs resolves its annotations through sys.modules
+    sys.modules[spec.name] = module  # its classes can then be found by module name (pickle)
     spec.loader.exec_module(module)
     return module
 
@@ -282,7 +282,7 @@ class WallClock:
 
 @attrs.frozen
 class Verdict:
-    result: str  # "pass" or "greylisted"
+    result: str  # "pass", "greylisted" or "skipped:<why>"
     detail: str
     wait: int = 0  # greylisted: seconds until a retry can pass
 
