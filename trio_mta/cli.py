@@ -60,13 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     app.setup_logging(config)
     try:
         trio.run(lambda: app.run(config, on_ready=_print_ready, tune_gc=True))
-    except (PluginLoadError, TlsSetupError, AdminSetupError) as exc:
-        print(f"trio-mta: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ExceptionGroup) as exc:
-        # A listener that cannot bind fails inside the app's nursery, so trio hands it over
-        # wrapped in (nested) exception groups.
-        error = _sole_os_error(exc)
+    except (PluginLoadError, TlsSetupError, AdminSetupError, OSError, ExceptionGroup) as exc:
+        # A listener that cannot bind or a plugin that cannot start fails inside the app's
+        # nursery, so trio hands it over wrapped in (nested) exception groups.
+        error = _sole_startup_error(exc)
         if error is None:
             raise
         print(f"trio-mta: {error}", file=sys.stderr)
@@ -74,10 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sole_os_error(exc: BaseException) -> OSError | None:
+def _sole_startup_error(exc: BaseException) -> BaseException | None:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, OSError) else None
+    startup = (PluginLoadError, TlsSetupError, AdminSetupError, OSError)
+    return exc if isinstance(exc, startup) else None
 
 
 def cmd_check(args: argparse.Namespace) -> int:

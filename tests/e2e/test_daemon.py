@@ -161,3 +161,33 @@ async def test_check_of_a_missing_directory_fails(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert str(tmp_path / "nope").encode() in result.stderr
+
+
+async def test_run_with_a_plugin_that_cannot_start_exits_1_with_one_line(tmp_path: Path) -> None:
+    plugins = tmp_path / "myplugins"
+    plugins.mkdir()
+    (plugins / "broken_start.py").write_text(
+        "from trio_mta import hooks\n\n"
+        "class Plugin(hooks.Plugin):\n"
+        "    async def startup(self) -> None:\n"
+        "        raise RuntimeError('no database at /nowhere')\n"
+    )
+    conf = write_conf(
+        tmp_path / "conf",
+        f'[plugins]\norder = ["broken_start"]\ndirectories = ["{plugins}"]\n'
+        "[admin]\nenabled = false\n",
+    )
+    with trio.fail_after(CAP):
+        result = await trio.run_process(
+            daemon_command("run", "--config", str(conf), "--listen", "127.0.0.1:0",
+                           "--var-dir", str(tmp_path / "var")),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert "Traceback (most recent call last):" not in lines
+    assert [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d ", line)] == [
+        "trio-mta: plugin 'broken_start' failed to start: no database at /nowhere"
+    ]

@@ -71,8 +71,13 @@ class PluginSet:
         return self.table.get(hook, ())
 
     async def startup(self) -> None:
+        """Raises:
+        PluginLoadError: a plugin's start-up failed (the message names it and why)."""
         for plugin in self.plugins:
-            await plugin.startup()
+            try:
+                await plugin.startup()
+            except Exception as exc:
+                raise PluginLoadError(f"plugin {plugin.name!r} failed to start: {exc}") from exc
 
     async def shutdown(self) -> None:
         for plugin in self.plugins:
