@@ -24,8 +24,10 @@ return path, not a user's), and a sender whose tagged form would pass 64 octets.
 
 Checking (``rcpt``, priority -10: after srs, before rcpt_to_host_list): for a recipient in
 ``sign_domains`` (other than ``exempt`` ones and postmaster, which RFC 5321 says must accept
-mail), a bounce (``MAIL FROM:<>``) must be addressed to a tag that verifies and has not
-expired; otherwise, with ``mode = "reject"``, 550 5.7.1. With ``"tag"`` the message is accepted
+mail), a bounce (``MAIL FROM:<>``) from a client that may not relay must be addressed to a tag
+that verifies and has not expired; otherwise, with ``mode = "reject"``, 550 5.7.1. (Relaying
+and authenticated clients are ours: their null-sender mail, a backend's vacation notice, is
+not backscatter.) With ``"tag"`` the message is accepted
 and gets an ``X-BATV:`` header (``pass`` or ``fail (<why>)``, replacing any such header it came
 with); with ``"log"`` the verdict is only logged and noted. A tagged recipient is delivered to
 its plain address (the tag is taken off at DATA, and again at the queue hooks), valid or not:
@@ -141,6 +143,10 @@ REFUSALS = {
 
 
 class Plugin(hooks.Plugin):
+    # Every hook edits the envelope (sender, recipients), and such edits do not
+    # cross back from the process sandbox: each hook says sandbox="none", which a top-level
+    # `sandbox = "process"` in the plugin's file cannot override.
+
     def setup(self) -> None:
         config = self.config
         check_keys(config, _KEYS)
@@ -196,7 +202,7 @@ class Plugin(hooks.Plugin):
             return Status.INVALID, None
         return decoded.status, plain
 
-    @hooks.hook(priority=-10)
+    @hooks.hook(priority=-10, sandbox="none")
     async def hook_rcpt(
         self, conn: hooks.Connection, rcpt: Address, params: RcptParams
     ) -> hooks.Result:
@@ -211,6 +217,8 @@ class Plugin(hooks.Plugin):
             if plain is not None:
                 note_map(txn.notes, STATUS_NOTE)[str(rcpt)] = "not a bounce"
             return hooks.CONT
+        if conn.relaying:  # our own clients' bounces (a backend's vacation notice) are trusted
+            return hooks.CONT
         if status is not Status.VALID and self.is_exempt(plain or rcpt):
             return hooks.CONT
         note_map(txn.notes, STATUS_NOTE)[str(rcpt)] = status.value
@@ -223,12 +231,13 @@ class Plugin(hooks.Plugin):
             return hooks.deny(REFUSALS[status], code=550, enhanced="5.7.1")
         return hooks.CONT
 
-    @hooks.hook(priority=-1000)
+    @hooks.hook(priority=-1000, sandbox="none")
     async def hook_data(self, conn: hooks.Connection) -> hooks.Result:
         assert conn.transaction is not None
         self._strip_recipients(conn.transaction)
         return hooks.CONT
 
+    @hooks.hook(sandbox="none")
     async def hook_data_post(self, conn: hooks.Connection) -> hooks.Result:
         txn = conn.transaction
         assert txn is not None
@@ -249,7 +258,7 @@ class Plugin(hooks.Plugin):
 
     # ------------------------------------------------------------------ signing
 
-    @hooks.hook(priority=-60)
+    @hooks.hook(priority=-60, sandbox="none")
     async def hook_queue(self, conn: hooks.Connection) -> hooks.Result:
         txn = conn.transaction
         assert txn is not None
@@ -258,7 +267,7 @@ class Plugin(hooks.Plugin):
         self._strip_recipients(txn)
         return hooks.CONT
 
-    @hooks.hook(priority=-60)
+    @hooks.hook(priority=-60, sandbox="none")
     async def hook_queue_outbound(self, conn: hooks.Connection) -> hooks.Result:
         txn = conn.transaction
         assert txn is not None
@@ -293,6 +302,7 @@ class Plugin(hooks.Plugin):
         txn.sender = tagged
         self.log.info("txn=%s sender <%s> signed as <%s>", txn.id, sender, tagged)
 
+    @hooks.hook(sandbox="none")
     async def hook_bounce(
         self, conn: hooks.Connection, report: hooks.DeliveryReport
     ) -> hooks.Result:

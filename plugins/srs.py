@@ -205,6 +205,10 @@ _REFUSALS = {Status.MALFORMED: MALFORMED, Status.BAD_HASH: BAD_HASH, Status.EXPI
 
 
 class Plugin(hooks.Plugin):
+    # Every hook edits the envelope (sender, recipients, txn.relaying), and such edits do not
+    # cross back from the process sandbox: each hook says sandbox="none", which a top-level
+    # `sandbox = "process"` in the plugin's file cannot override.
+
     def setup(self) -> None:
         config = self.config
         check_keys(config, _KEYS)
@@ -242,7 +246,7 @@ class Plugin(hooks.Plugin):
         address = make_address(decoded.local, decoded.domain)
         return (Status.VALID, address) if address is not None else (Status.MALFORMED, None)
 
-    @hooks.hook(priority=-20)
+    @hooks.hook(priority=-20, sandbox="none")
     async def hook_rcpt(
         self, conn: hooks.Connection, rcpt: Address, params: RcptParams
     ) -> hooks.Result:
@@ -265,7 +269,7 @@ class Plugin(hooks.Plugin):
         self.log.info("conn=%s txn=%s <%s> reversed to <%s>", conn.id, txn.id, rcpt, original)
         return hooks.OK
 
-    @hooks.hook(priority=-1000)
+    @hooks.hook(priority=-1000, sandbox="none")
     async def hook_data(self, conn: hooks.Connection) -> hooks.Result:
         assert conn.transaction is not None
         self._reverse_recipients(conn.transaction)
@@ -280,7 +284,7 @@ class Plugin(hooks.Plugin):
 
     # ------------------------------------------------------------------ the way out
 
-    @hooks.hook(priority=-50)
+    @hooks.hook(priority=-50, sandbox="none")
     async def hook_queue(self, conn: hooks.Connection) -> hooks.Result:
         txn = conn.transaction
         assert txn is not None
@@ -290,7 +294,7 @@ class Plugin(hooks.Plugin):
         self._rewrite_sender(txn)
         return hooks.CONT
 
-    @hooks.hook(priority=-50)
+    @hooks.hook(priority=-50, sandbox="none")
     async def hook_queue_outbound(self, conn: hooks.Connection) -> hooks.Result:
         txn = conn.transaction
         assert txn is not None
@@ -339,6 +343,7 @@ class Plugin(hooks.Plugin):
         txn.sender = rewritten
         self.log.info("txn=%s sender <%s> rewritten to <%s>", txn.id, sender, rewritten)
 
+    @hooks.hook(sandbox="none")
     async def hook_bounce(
         self, conn: hooks.Connection, report: hooks.DeliveryReport
     ) -> hooks.Result:

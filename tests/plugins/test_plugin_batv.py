@@ -204,6 +204,25 @@ async def test_a_valid_bounce_is_delivered_to_the_plain_address() -> None:
     assert txn.notes["batv"] == {str(good): "valid"}
 
 
+async def test_bounces_from_clients_that_may_relay_are_not_checked() -> None:
+    run = batv()
+    conn = connection(relaying=True)
+    begin(conn, None)
+    _, reply = await verdict(run, "rcpt", conn, address("alice@example.test"), RcptParams())
+    assert reply is None
+    signed = address(tag("alice", "example.test") + "@example.test")
+    await run.run("rcpt", conn, signed, RcptParams())
+    assert conn.transaction is not None
+    assert conn.transaction.notes["batv.strip"] == {str(signed): "alice@example.test"}
+
+
+def test_hooks_stay_out_of_the_process_sandbox() -> None:
+    loaded = load("batv", {"keys": [KEY0], "sandbox": "process"})
+    entries = [e for hook_entries in loaded.table.values() for e in hook_entries]
+    assert len(entries) == 6
+    assert not any(e.sandbox for e in entries)
+
+
 async def test_exempt_recipients_take_unsigned_bounces() -> None:
     run = batv({"exempt": ["abuse", "bounces@example.test"]})
     for to in ("postmaster@example.test", "abuse@example.test", "Bounces@Example.test"):

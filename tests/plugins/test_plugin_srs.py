@@ -428,6 +428,14 @@ async def test_our_own_bounce_is_readdressed_to_the_original_sender() -> None:
 # ------------------------------------------------------------------------------ configuration
 
 
+def test_hooks_stay_out_of_the_process_sandbox() -> None:
+    # Envelope edits do not cross back from a worker process: a top-level "process" is moot.
+    loaded = load("srs", {"secret": SECRET, "sandbox": "process"})
+    entries = [e for hook_entries in loaded.table.values() for e in hook_entries]
+    assert len(entries) == 5
+    assert not any(e.sandbox for e in entries)
+
+
 def test_shipped_config_needs_only_a_secret() -> None:
     config = shipped_config("srs")
     assert "secret" not in config
