@@ -2,7 +2,8 @@
 
 Config (``conf/plugins/srs.toml``): ``secret`` or ``secret_file`` (required), ``domain`` (the
 server's hostname), ``max_age`` (21 days), ``exclude_domains`` ([]), ``separator`` ("="),
-``rewrite`` ("remote"), ``reverse`` ("any").
+``rewrite`` ("remote"), ``reverse`` ("any"). ``exclude_domains`` entries are domains, or
+".example.com" for all the subdomains of one.
 
 Theory of operation
 -------------------
@@ -204,6 +205,16 @@ NOT_LOCAL = hooks.deny("SRS address cannot be delivered locally", code=550, enha
 _REFUSALS = {Status.MALFORMED: MALFORMED, Status.BAD_HASH: BAD_HASH, Status.EXPIRED: EXPIRED}
 
 
+def _exclusions(value: object) -> tuple[frozenset[str], tuple[str, ...]]:
+    """``exclude_domains``: exact domains, and ".example.com" for every subdomain of one."""
+    if not isinstance(value, list | tuple) or not all(isinstance(d, str) for d in value):
+        raise ValueError("exclude_domains: must be a list of domain names")
+    parents = [d for d in value if d.startswith(".")]
+    exact = check_domains([d for d in value if not d.startswith(".")], "exclude_domains")
+    suffixes = check_domains([d[1:] for d in parents], "exclude_domains")
+    return exact, tuple("." + d for d in sorted(suffixes))
+
+
 class Plugin(hooks.Plugin):
     # Every hook edits the envelope (sender, recipients, txn.relaying), and such edits do not
     # cross back from the process sandbox: each hook says sandbox="none", which a top-level
@@ -219,7 +230,7 @@ class Plugin(hooks.Plugin):
         self.codec = Codec(self._secrets(), separator, max_age)
         self.domain = check_domain(config.get("domain", self.env.hostname), "domain")
         self.local_domains = frozenset(normal_domain(d) for d in self.env.local_domains)
-        self.exclude = check_domains(config.get("exclude_domains", []), "exclude_domains")
+        self.exclude, self.exclude_parents = _exclusions(config.get("exclude_domains", []))
         self.rewrite = check_choice(config, "rewrite", ("remote", "all"))
         self.reverse = check_choice(config, "reverse", ("any", "bounces"))
         self.now: Callable[[], float] = time.time  # wall clock, replaceable in tests
@@ -315,6 +326,9 @@ class Plugin(hooks.Plugin):
                 return NOT_LOCAL
         return hooks.CONT
 
+    def _excluded(self, domain: str) -> bool:
+        return domain in self.exclude or domain.endswith(self.exclude_parents)
+
     def _leaves(self, txn: hooks.Transaction) -> bool:
         return self.rewrite == "all" or any(
             is_remote(rcpt, self.local_domains) for rcpt, _ in txn.recipients
@@ -325,7 +339,7 @@ class Plugin(hooks.Plugin):
         if sender is None or not sender.domain or not self._leaves(txn):
             return
         domain = normal_domain(sender.domain)
-        if domain in self.local_domains or domain in self.exclude or domain == self.domain:
+        if domain in self.local_domains or domain == self.domain or self._excluded(domain):
             return
         rewritten = None
         if not (sender.is_quoted or sender.is_address_literal):

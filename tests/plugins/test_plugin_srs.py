@@ -375,6 +375,7 @@ async def test_forwarded_sender_is_rewritten(hook: str) -> None:
         (None, ["bob@far.test"], {}),  # the null sender
         ("carol@example.test", ["bob@far.test"], {}),  # one of ours
         ("carol@sub.partner.test", ["bob@far.test"], {"exclude_domains": ["SUB.partner.test."]}),
+        ("carol@a.b.partner.test", ["bob@far.test"], {"exclude_domains": [".partner.test"]}),
         ("SRS0=x@" + OURS, ["bob@far.test"], {}),  # already at our SRS domain
         ("alice@sender.example", ["bob@example.test"], {}),  # stays here: rewrite = "remote"
         ('"al ice"@sender.example', ["bob@far.test"], {}),  # no SRS form for a quoted local
@@ -388,6 +389,13 @@ async def test_senders_left_alone(
     _, txn = await queued(srs(config), sender, recipients)
     assert (str(txn.sender) if txn.sender else None) == sender
     assert "srs.original_sender" not in txn.notes
+
+
+async def test_a_parent_exclusion_covers_subdomains_only() -> None:
+    run = srs({"exclude_domains": [".partner.test"]})
+    _, txn = await queued(run, "carol@partner.test", ["bob@far.test"])
+    assert txn.sender is not None
+    assert txn.sender.domain == OURS
 
 
 async def test_rewrite_all_and_a_custom_domain() -> None:
@@ -467,6 +475,8 @@ def test_shipped_config_needs_only_a_secret() -> None:
         ({"secret": SECRET, "domain": "[192.0.2.1]"}, "domain: '[192.0.2.1]': an address literal"),
         ({"secret": SECRET, "exclude_domains": "a.test"}, "exclude_domains: must be a list"),
         ({"secret": SECRET, "exclude_domains": ["a..test"]}, "exclude_domains: 'a..test' is not"),
+        ({"secret": SECRET, "exclude_domains": [".."]}, "exclude_domains: '.' is not"),
+        ({"secret": SECRET, "exclude_domains": [7]}, "exclude_domains: must be a list"),
         ({"secret": SECRET, "rewrite": "always"}, 'rewrite: must be "remote" or "all"'),
         ({"secret": SECRET, "reverse": "none"}, 'reverse: must be "any" or "bounces"'),
     ],
