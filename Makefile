@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-dev*
 	@touch $@
 
-# Postfix's smtp-source/smtp-sink, unpacked into .tools/postfix (no daemon, no root).
+# Postfix's smtp-source/smtp-sink and postsrsd, unpacked into .tools/ (no daemon, no root).
 tools:
 	@scripts/get-postfix-tools
+	@scripts/get-postsrsd
 
 run: venv
 	$(VENV)/bin/trio-mta run --config conf
