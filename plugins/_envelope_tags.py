@@ -25,6 +25,7 @@ import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from trio_mta import hooks
 from trio_mta.protocol import Address, AddressError, RcptParams, parse_path
 
 DAY_SECONDS = 86400
@@ -130,6 +131,16 @@ def replace_recipients(
             seen.add(key)
             out.append((address, params))
     return out
+
+
+def rewrite_recipients(txn: hooks.Transaction, key: str) -> None:
+    """Replace the transaction's recipients found in the ``{address: address}`` note under
+    ``key`` (what the rcpt hook recorded) by the addresses they map to."""
+    mapping = note_map(txn.notes, key)
+    if mapping:
+        replaced = replace_recipients(txn.recipients, mapping)
+        if replaced is not None:
+            txn.recipients = replaced
 
 
 # ------------------------------------------------------------------------- configuration

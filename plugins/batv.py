@@ -64,7 +64,7 @@ from plugins._envelope_tags import (
     make_address,
     normal_domain,
     note_map,
-    replace_recipients,
+    rewrite_recipients,
     same_text,
 )
 from trio_mta import hooks
@@ -250,11 +250,7 @@ class Plugin(hooks.Plugin):
         return hooks.CONT
 
     def _strip_recipients(self, txn: hooks.Transaction) -> None:
-        mapping = note_map(txn.notes, STRIP_NOTE)
-        if mapping:
-            replaced = replace_recipients(txn.recipients, mapping)
-            if replaced is not None:
-                txn.recipients = replaced
+        rewrite_recipients(txn, STRIP_NOTE)
 
     # ------------------------------------------------------------------ signing
 

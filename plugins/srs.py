@@ -74,7 +74,7 @@ from plugins._envelope_tags import (
     normal_domain,
     note_map,
     read_secrets,
-    replace_recipients,
+    rewrite_recipients,
     same_text,
 )
 from trio_mta import hooks
@@ -287,11 +287,7 @@ class Plugin(hooks.Plugin):
         return hooks.CONT
 
     def _reverse_recipients(self, txn: hooks.Transaction) -> None:
-        mapping = note_map(txn.notes, REVERSED_NOTE)
-        if mapping:
-            replaced = replace_recipients(txn.recipients, mapping)
-            if replaced is not None:
-                txn.recipients = replaced
+        rewrite_recipients(txn, REVERSED_NOTE)
 
     # ------------------------------------------------------------------ the way out
 

@@ -4,6 +4,7 @@ notices), stopped with the daemon; what crosses the socket pair between the two.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import marshal
 import os
 import signal
@@ -12,10 +13,12 @@ from pathlib import Path
 import pytest
 import trio
 import trio_websocket
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trio_mta.admin import _process
 from trio_mta.admin._child import _Child
-from trio_mta.admin._process import _pack
+from trio_mta.admin._process import EVENTS, FRAME, STATE, _pack, take_frames
 from trio_mta.events import EVENT_TYPES, EventBus, Gap, MailReceived, TransactionEnded
 
 from .kit import admin_config, eventually, running, watching
@@ -208,3 +211,27 @@ def zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] == "Z"
+
+
+@given(
+    payloads=st.lists(
+        st.tuples(st.sampled_from([EVENTS, STATE]), st.lists(st.integers() | st.text())),
+        max_size=8,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=6),
+)
+def test_frames_come_out_whole_and_in_order_however_the_bytes_are_cut(
+    payloads: list[tuple[int, list[object]]], cuts: list[int]
+) -> None:
+    stream = b"".join(
+        FRAME.pack(len(data), kind) + data
+        for kind, data in ((k, marshal.dumps(p)) for k, p in payloads)
+    )
+    buffer = bytearray()
+    got: list[tuple[int, object]] = []
+    edges = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    for start, end in itertools.pairwise(edges):
+        buffer += stream[start:end]
+        got += take_frames(buffer)
+    assert got == payloads
+    assert buffer == b""

@@ -21,7 +21,7 @@ import trio
 from ..events import EVENT_TYPES, EventBus, Subscription
 from ._filter import EventFilter
 from ._http import HttpError
-from ._process import EVENTS, FRAME, STATE, WATCHER, _send
+from ._process import EVENTS, STATE, WATCHER, _send, take_frames
 from ._stream import EncodedEvents, serve_watcher, subscribe
 
 log = logging.getLogger("trio_mta.admin.watchers")
@@ -56,16 +56,11 @@ class _Child:
                 if not data:
                     return
                 buffer += data
-                while len(buffer) >= FRAME.size:
-                    length, kind = FRAME.unpack_from(buffer)
-                    if len(buffer) < FRAME.size + length:
-                        break
-                    payload = marshal.loads(buffer[FRAME.size : FRAME.size + length])
-                    del buffer[: FRAME.size + length]
+                for kind, payload in take_frames(buffer):
                     if kind == EVENTS:
-                        self.mirror(payload)
+                        self.mirror(payload)  # type: ignore[arg-type]  # a batch
                     elif kind == WATCHER:
-                        self.start_watcher(nursery, fds.popleft(), *payload)
+                        self.start_watcher(nursery, fds.popleft(), *payload)  # type: ignore[misc]
         finally:
             for fd in fds:
                 socket.close(fd)

@@ -266,19 +266,32 @@ class WatcherProcess:
                 scope.cancel()
                 return
             buffer += data
-            while len(buffer) >= FRAME.size:
-                length, kind = FRAME.unpack_from(buffer)
-                if len(buffer) < FRAME.size + length:
-                    break
-                payload = bytes(buffer[FRAME.size : FRAME.size + length])
-                del buffer[: FRAME.size + length]
+            for kind, payload in take_frames(buffer):
                 ready.set()
                 if kind == STATE:
-                    ended, dropped = marshal.loads(payload)
+                    ended: list[int]
+                    dropped: int
+                    ended, dropped = payload  # type: ignore[misc]  # a report
                     self.bus.dropped += dropped
                     for ident in ended:
                         self.watchers.pop(ident, None)
                     self._retune()
+
+
+def take_frames(buffer: bytearray) -> list[tuple[int, object]]:
+    """The whole frames at the start of ``buffer`` as ``(type, payload)``, removed from it
+    (an incomplete last frame stays for the next read)."""
+    frames: list[tuple[int, object]] = []
+    start = 0
+    while len(buffer) - start >= FRAME.size:
+        length, kind = FRAME.unpack_from(buffer, start)
+        end = start + FRAME.size + length
+        if len(buffer) < end:
+            break
+        frames.append((kind, marshal.loads(memoryview(buffer)[start + FRAME.size : end])))
+        start = end
+    del buffer[:start]
+    return frames
 
 
 def _pack(items: Sequence[tuple[int, RawItem]]) -> bytes:
