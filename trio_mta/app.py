@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable
@@ -180,6 +181,7 @@ async def run(
                 admin_address = await services.start(admin.serve)
                 if on_admin is not None:
                     on_admin(admin_address)
+            queue = None
             if config.queue.enabled:
                 # Spool recovered and workers up before the first client can relay a message.
                 queue = make_queue(config, host, bus)
@@ -194,14 +196,22 @@ async def run(
             if on_ready is not None:
                 on_ready(bound)
             task_status.started(bound)
+            drained_by = math.inf
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await _reload(config, host, tls)
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)
+                drained_by = trio.current_time() + config.timeouts.drain
                 server.request_shutdown()
+                if queue is not None:
+                    queue.stop_delivering()
                 break
             await server.stopped.wait()
+            if queue is not None:
+                # Deliveries in progress finish (within the drain time) rather than be cut.
+                with trio.move_on_at(drained_by):
+                    await queue.wait_idle()
             services.cancel_scope.cancel()
     log.info("stopped")
 

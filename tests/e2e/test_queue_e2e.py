@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -168,3 +169,29 @@ async def test_queue_commands_go_through_the_running_daemon(
         assert flushed.strip() == "flushed 0"
         assert not (daemon.var_dir / "queue" / "queue" / f"{qid}.env").exists()
         assert (daemon.var_dir / "queue" / "daemon.pid").exists()
+
+
+async def test_sigterm_lets_a_delivery_in_progress_finish(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    # A peer that answers the final dot after 2 s: the SIGTERM lands while it holds the message.
+    handler = PeerHandler(SINK_IP, defer_times=0, delay=2.0)
+    peer = Peer.start(SINK_IP, free_port(SINK_IP), handler)
+    try:
+        conf = queue_conf(tmp_path / "conf", peer.port)
+        with trio.fail_after(30):
+            daemon = await start_daemon(conf)
+            client = await daemon.greeted()
+            answer = await client.transaction(
+                "a@sender.test", ["user@sink.test"], b"Subject: in flight\r\n\r\nx\r\n"
+            )
+            assert answer.code == 250
+            while not handler.rcpt_seen:  # noqa: ASYNC110  # the peer's thread notes it
+                await trio.sleep(0.01)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait_exit() == 0
+        # Delivered once, and known to be: nothing left to send again after a restart.
+        assert [r.recipients for r in peer.received] == [("user@sink.test",)]
+        assert list((daemon.var_dir / "queue" / "queue").glob("*.env")) == []
+    finally:
+        peer.stop()

@@ -135,6 +135,8 @@ class QueueService:
         self._deleted: set[str] = set()
         self._window = trio.Semaphore(q.active_window)
         self._changed = trio.Event()
+        self.active = 0  # attempts running
+        self.stopping = False  # no new attempt starts (shutdown)
 
     # ------------------------------------------------------------------ the server's side
 
@@ -217,7 +219,25 @@ class QueueService:
         while True:
             await self._window.acquire()
             id = await receive.receive()
+            if self.stopping:  # stays in the spool, for the next start
+                self._window.release()
+                self.scheduler.done(id)
+                continue
+            self.active += 1
             supervisor.start_soon(self._work, id, name=f"queue worker {id}")
+
+    def stop_delivering(self) -> None:
+        """Shutdown, first step: start no more attempts (what is due stays in the spool for
+        the next start); those running go on. ``wait_idle`` waits for them."""
+        self.stopping = True
+        self._notify_changed()
+
+    async def wait_idle(self) -> None:
+        """Until no attempt is running. A daemon stopping waits here (bounded by its drain
+        time) before it cancels the queue: an attempt cut after the final dot was sent may
+        have delivered the message without our knowing, and it would go again after the
+        restart (RFC 1047's duplicate)."""
+        await self.wait_until(lambda: self.active == 0)
 
     async def _work(self, id: str) -> None:
         env = self.envelopes.get(id)
@@ -241,6 +261,7 @@ class QueueService:
                     self.envelopes[id] = env
                     self._published(old, env)
         finally:
+            self.active -= 1
             self.scheduler.done(id)
             self._window.release()
             current = self.envelopes.get(id)
