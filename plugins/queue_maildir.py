@@ -45,6 +45,10 @@ class Plugin(hooks.Plugin):
             hooks.MaildirStore, Path(root), self.env.hostname, fsync=fsync, name="queue_maildir"
         )
 
+    async def startup(self) -> None:
+        # The writer's child starts with the daemon, not with the first message (~50 ms).
+        await self.writer.start()
+
     async def shutdown(self) -> None:
         await self.writer.aclose()
 

@@ -463,3 +463,20 @@ async def test_a_child_silent_for_the_stall_time_is_replaced_when_a_caller_gives
         with trio.CancelScope(shield=True):
             await gate.open_all()
             await bp.aclose()
+
+
+async def test_start_runs_the_child_before_the_first_job(gate: Gate) -> None:
+    with trio.fail_after(CAP):
+        async with batch_process(Scripted, gate.port, gate=gate) as bp:
+            assert bp.pid is None
+            await bp.start()
+            pid = bp.pid
+            assert pid is not None
+            await bp.start()  # already running: the same child
+            assert bp.pid == pid
+            await gate.open_all()
+            assert await bp.submit(("echo", 1)) == (1, b"", 1)
+            assert (bp.pid, bp.started) == (pid, 1)
+        with pytest.raises(BatchProcessError, match="cannot start: no disk"):
+            async with batch_process(broken, "no disk") as failing:
+                await failing.start()

@@ -250,6 +250,16 @@ class BatchProcess(Generic[J, R]):
         child = self._child
         return child.process.pid if child is not None and child.dead is None else None
 
+    async def start(self) -> None:
+        """Start the child now rather than with the first job (which would wait for it).
+
+        Raises:
+            BatchProcessError: it could not start.
+        """
+        child = self._child
+        if child is None or child.dead is not None:
+            await self._start()
+
     async def submit(self, job: J, payload: Sequence[bytes] = ()) -> R:
         """Run ``job`` (with ``payload`` as its bytes) in the next batch; return its result or
         raise its exception (``BatchProcessError`` if the child died first)."""
