@@ -468,7 +468,7 @@ async def test_a_child_silent_for_the_stall_time_is_replaced_when_a_caller_gives
 async def test_start_runs_the_child_before_the_first_job(gate: Gate) -> None:
     with trio.fail_after(CAP):
         async with batch_process(Scripted, gate.port, gate=gate) as bp:
-            assert bp.pid is None
+            assert bp.started == 0
             await bp.start()
             pid = bp.pid
             assert pid is not None
