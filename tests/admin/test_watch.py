@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pty
+import signal
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from trio_mta.admin import WatchOptions, watch
 from trio_mta.admin._format import Style, format_event, format_transaction
 
 from .kit import admin_config, eventually, running
+from .test_process import watcher_process_pids
+
+TOKEN = "s3cret-admin-token-0123"
 
 CAP = 20
 GREEN = "\x1b[32m"
@@ -157,3 +161,40 @@ async def test_watch_json_prints_raw_events(tmp_path: Path) -> None:
     [event] = [json.loads(line) for line in out.getvalue().splitlines()]
     assert event["type"] == "transaction.end"
     assert event["outcome"] == "accepted"
+
+
+async def test_watch_reconnect_survives_the_watcher_process_being_replaced(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            out, err = io.StringIO(), io.StringIO()
+
+            async def kill_then_send(scope: trio.CancelScope) -> None:
+                await eventually(lambda: "watching" in err.getvalue())
+                [pid] = watcher_process_pids()
+                os.kill(pid, signal.SIGKILL)  # the stream ends under the watcher
+                await eventually(lambda: err.getvalue().count("watching") == 2)
+                await d.send()
+                await eventually(lambda: "accepted" in out.getvalue())
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_then_send, nursery.cancel_scope)
+                options = WatchOptions(url=d.url(), reconnect=True, retry_delay=0.05)
+                await watch(options, out, err)
+    assert "the server closed the stream" in err.getvalue()
+    assert "connecting again in 0.05s" in err.getvalue()
+    [line] = out.getvalue().splitlines()
+    assert "<alice@example.org> -> <bob@example.test>" in line
+
+
+async def test_watch_reconnect_does_not_retry_a_refusal(tmp_path: Path) -> None:
+    config = admin_config(tmp_path / "var", token=TOKEN, open_on_loopback=False)
+    with trio.fail_after(CAP):
+        async with running(config) as d:
+            err = io.StringIO()
+            options = WatchOptions(url=d.url(), reconnect=True, retry_delay=0.05)
+            assert await watch(options, io.StringIO(), err) == 1
+    assert "refused (401)" in err.getvalue()
+    assert "connecting again" not in err.getvalue()

@@ -37,6 +37,11 @@ def add_watch_parser(
     p.add_argument("--sender-domain", action="append", default=[], metavar="DOMAIN")
     p.add_argument("--rcpt-domain", action="append", default=[], metavar="DOMAIN")
     p.add_argument("--replay", type=int, default=0, metavar="N", help="recent events first")
+    p.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="when the stream ends or the server is away, connect again (until Ctrl-C)",
+    )
     color = p.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_const", const=True, default=None)
     color.add_argument("--no-color", dest="color", action="store_const", const=False)
@@ -68,6 +73,7 @@ def cmd_watch(args: argparse.Namespace, config_dir: Path | None) -> int:
         rcpt_domains=tuple(args.rcpt_domain),
         replay=args.replay,
         color=args.color,
+        reconnect=args.reconnect,
     )
     try:
         status: int = trio.run(watch, options)

@@ -14,11 +14,13 @@ import urllib.parse
 from typing import TextIO
 
 import attrs
+import trio
 import trio_websocket
 
 from ._format import Style, format_event, format_transaction
 
 DEFAULT_URL = "ws://127.0.0.1:8025/events"
+RETRY_MAX = 30.0  # seconds between attempts to reach a server that stays away
 
 
 @attrs.frozen
@@ -33,6 +35,8 @@ class WatchOptions:
     rcpt_domains: tuple[str, ...] = ()
     replay: int = 0
     color: bool | None = None  # None: only on a terminal
+    reconnect: bool = False  # after the stream ends or the server is away, connect again
+    retry_delay: float = 1.0  # seconds before the first new attempt; doubles up to RETRY_MAX
 
     def stream_url(self) -> str:
         """The URL with the filters as query parameters (the server filters)."""
@@ -64,10 +68,13 @@ def _use_color(options: WatchOptions, out: TextIO) -> bool:
 
 
 async def watch(options: WatchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print events until the server closes the stream; returns the exit status.
+    """Print events until the server closes the stream; returns the exit status. With
+    ``reconnect``, a closed stream or an unreachable server means waiting and connecting again
+    (the daemon restarting, its watcher process replaced) until interrupted; a refusal (token,
+    origin) still ends it.
 
-    Error handling: a refused handshake (token, origin), an unreachable server or a closed
-    stream is one line on ``err`` and status 1.
+    Error handling: a refused handshake, an unreachable server or a closed stream is one line
+    on ``err`` and status 1.
     """
     try:
         url = options.stream_url()
@@ -76,23 +83,46 @@ async def watch(options: WatchOptions, out: TextIO = sys.stdout, err: TextIO = s
         return 2
     headers = [(b"authorization", f"Bearer {options.token}".encode())] if options.token else []
     style = Style(_use_color(options, out))
+    delay = options.retry_delay
+    while True:
+        status, streamed = await _stream(url, headers, options, style, out, err)
+        if status is None or not options.reconnect:
+            return 1 if status is None else status
+        delay = options.retry_delay if streamed else min(delay * 2, RETRY_MAX)
+        print(f"trio-mta watch: connecting again in {delay:g}s", file=err)
+        err.flush()
+        await trio.sleep(delay)
+
+
+async def _stream(
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    options: WatchOptions,
+    style: Style,
+    out: TextIO,
+    err: TextIO,
+) -> tuple[int | None, bool]:
+    """One connection: ``(status, whether events flowed)``; status None for a refusal, which
+    another attempt would not change."""
+    streamed = False
     try:
         async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
             while True:
                 message = await ws.get_message()
+                streamed = True
                 for item in json.loads(message):
                     _show(item, options, style, out, err, url)
                 out.flush()
     except trio_websocket.ConnectionRejected as exc:
         body = (exc.body or b"").decode("utf-8", "replace").strip()
         print(f"trio-mta watch: refused ({exc.status_code}): {body}", file=err)
-        return 1
+        return (1 if exc.status_code >= 500 else None), streamed
     except trio_websocket.ConnectionClosed as exc:
         print(f"trio-mta watch: the server closed the stream ({exc.reason})", file=err)
-        return 1
+        return 1, streamed
     except (OSError, trio_websocket.HandshakeError) as exc:
         print(f"trio-mta watch: cannot connect to {url}: {exc}", file=err)
-        return 1
+        return 1, streamed
 
 
 def _show(
