@@ -6,11 +6,14 @@ The server role turns the client's bytes into events and our replies into bytes
 """
 
 from . import _replies as replies  # noqa: F401  # the catalogue, as protocol.replies
+from ._address import VERP_DEFAULT_DELIMITERS as VERP_DEFAULT_DELIMITERS
+from ._address import VERP_DELIMITER_CHARS as VERP_DELIMITER_CHARS
 from ._address import Address as Address
 from ._address import AddressError as AddressError
 from ._address import MailParams as MailParams
 from ._address import RcptParams as RcptParams
 from ._address import parse_path as parse_path
+from ._address import verp_delimiters_ok as verp_delimiters_ok
 from ._address import xtext_decode as xtext_decode
 from ._client import Capabilities as Capabilities
 from ._client import ClientConnection as ClientConnection
@@ -47,3 +50,7 @@ from ._server import ServerConnection as ServerConnection
 from ._state import BareLineEndingPolicy as BareLineEndingPolicy
 from ._state import ProtocolLimits as ProtocolLimits
 from ._state import State as State
+from ._verp import VerpAddress as VerpAddress
+from ._verp import verp_decodable as verp_decodable
+from ._verp import verp_decode as verp_decode
+from ._verp import verp_encode as verp_encode

@@ -29,6 +29,12 @@ MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
 MAX_PATH = 256
 
+# XVERP (Postfix): the characters a client may choose as VERP delimiters (Postfix's
+# verp_delimiter_filter: plain atext, with no special meaning in an address, unlike "@" or
+# "%"), and the pair a bare XVERP asks for (default_verp_delimiters).
+VERP_DELIMITER_CHARS = "-=+"
+VERP_DEFAULT_DELIMITERS = "+="
+
 
 class AddressError(Exception):
     """The argument is not acceptable; ``reply`` says why, in SMTP terms."""
@@ -93,6 +99,10 @@ class MailParams:
     ret: str | None = None  # RFC 3461: "FULL" or "HDRS"
     envid: str | None = None  # RFC 3461, xtext decoded
     raw: tuple[tuple[str, str | None], ...] = ()
+    # XVERP: the two VERP delimiters ("+="), None without. Set by the client's XVERP, or by a
+    # plugin (verp's ``senders``) before the message is queued; the outbound queue then sends
+    # one transaction per recipient, each with its own envelope sender.
+    verp: str | None = None
 
 
 @attrs.frozen
@@ -284,7 +294,10 @@ def _split_params(rest: str) -> list[tuple[str, str | None]]:
             raise AddressError(R.reply(501, "5.5.4", f"Duplicate parameter {key}"))
         seen.add(key)
         if eq:
-            if not value or any(ord(c) < 33 or c == "=" or ord(c) == 127 for c in value):
+            # XVERP=+= breaks the esmtp-value rule (no "="), as Postfix has it: its value is
+            # judged by _xverp alone, so that every malformed XVERP gets the same 555.
+            bad_value = not value or any(ord(c) < 33 or c == "=" or ord(c) == 127 for c in value)
+            if bad_value and key != "XVERP":
                 raise AddressError(R.BAD_PARAM)
             out.append((key, value))
         else:
@@ -324,10 +337,23 @@ def _no_value(value: str | None, key: str) -> None:
         raise AddressError(R.reply(501, "5.5.4", f"Parameter {key} takes no value"))
 
 
+def verp_delimiters_ok(delimiters: str) -> bool:
+    """Two characters, each one of ``VERP_DELIMITER_CHARS`` (Postfix's verp_delims_verify)."""
+    return len(delimiters) == 2 and all(c in VERP_DELIMITER_CHARS for c in delimiters)
+
+
+def _xverp(value: str | None) -> str:
+    if value is None:
+        return VERP_DEFAULT_DELIMITERS
+    if not verp_delimiters_ok(value):
+        raise AddressError(R.XVERP_MALFORMED)
+    return value
+
+
 def parse_mail_params(rest: str) -> MailParams:
     raw = _split_params(rest)
     size: int | None = None
-    body = auth = ret = envid = None
+    body = auth = ret = envid = verp = None
     smtputf8 = False
     for key, value in raw:
         if key == "SIZE":
@@ -354,9 +380,11 @@ def parse_mail_params(rest: str) -> MailParams:
             envid = xtext_decode(_need(value, key))
             if len(envid) > 100:
                 raise AddressError(R.BAD_PARAM)
+        elif key == "XVERP":
+            verp = _xverp(value)
         else:
             raise AddressError(R.reply(555, "5.5.4", f"Unsupported parameter {key}"))
-    return MailParams(size, body, smtputf8, auth, ret, envid, tuple(raw))
+    return MailParams(size, body, smtputf8, auth, ret, envid, tuple(raw), verp=verp)
 
 
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})

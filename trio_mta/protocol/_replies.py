@@ -99,6 +99,12 @@ ALREADY_AUTH = reply(503, "5.5.1", "Error: already authenticated")
 AUTH_IN_TRANSACTION = reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
 UNKNOWN_PARAM = reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
 BAD_PARAM = reply(501, "5.5.4", "Invalid parameter value")
+# XVERP (Postfix's extension): all 555 5.5.4, as for a parameter we do not take, so that a
+# client knows to send the message without it. Postfix answers 501 to bad delimiters and 503
+# to a null sender; one code is simpler for list software to handle.
+XVERP_MALFORMED = reply(555, "5.5.4", "XVERP needs two delimiter characters from -=+")
+XVERP_NULL_SENDER = reply(555, "5.5.4", "XVERP requires a non-null sender")
+XVERP_NOT_ALLOWED = reply(555, "5.5.4", "Unsupported parameter XVERP (clients that may relay only)")
 NEED_SMTPUTF8 = reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 BAD_ADDRESS = reply(553, "5.1.3", "Invalid address syntax")
 BAD_SENDER = reply(553, "5.1.7", "Invalid sender address syntax")

@@ -349,6 +349,8 @@ class ServerConnection:
             return Rejected(verb, reply)
         if params.size is not None and params.size > self.limits.max_message_size:
             return Rejected(verb, R.MESSAGE_TOO_BIG)
+        if params.verp is not None and sender is None:
+            return Rejected(verb, R.XVERP_NULL_SENDER)  # a bounce has no return path to vary
         return MailFrom(sender, params)
 
     def _rcpt(self, verb: str, arg: str) -> Event:
