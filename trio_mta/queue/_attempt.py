@@ -60,7 +60,9 @@ def outbound_connection(env: Envelope, message: bytes | None) -> Connection:
     txn = Transaction(
         id=env.id,
         sender=sender,
-        mail_params=MailParams(body=env.body, smtputf8=env.smtputf8, ret=env.ret, envid=env.envid),
+        mail_params=MailParams(
+            body=env.body, smtputf8=env.smtputf8, ret=env.ret, envid=env.envid, verp=env.verp
+        ),
         started=trio.current_time(),
     )
     for r in env.pending:

@@ -12,6 +12,11 @@ every MX with the same greylisted message). When no hop answered at all the resu
 A session that served a transaction is parked in a ``SessionCache`` for the next message to
 the same hop (Postfix's connection cache) rather than closed.
 
+A message with VERP (``Envelope.verp``) is sent as one transaction per recipient, each with its
+own envelope sender (``Envelope.return_path``), one after the other on the same session: the
+answers of the transactions done stand when the session breaks later, and only the recipients
+left go on to a fresh session or the next hop.
+
 DSN parameters (RFC 3461) go on when the next hop offers DSN; SMTPUTF8 and BODY=8BITMIME
 when it offers them. The outcome of each recipient never raises: only bugs do.
 """
@@ -66,6 +71,16 @@ def _address(text: str | None) -> Address | None:
     return address
 
 
+def transactions(
+    envelope: Envelope, recipients: Sequence[Recipient]
+) -> list[tuple[str | None, Sequence[Recipient]]]:
+    """The transactions that carry ``recipients``: (envelope sender, their recipients). One
+    for all of them; with VERP, one per recipient, each with its own sender."""
+    if envelope.verp is None or envelope.sender is None:
+        return [(envelope.sender, recipients)]
+    return [(envelope.return_path(r.address), [r]) for r in recipients]
+
+
 class SMTPDeliverer:
     def __init__(self, *, helo: str, connect_timeout: float, session_idle: float = 2.0) -> None:
         self.helo = helo
@@ -103,9 +118,12 @@ class SMTPDeliverer:
                     if session is None:
                         session = await self._connect(route, hop)
                     reached = True
-                    answered = await self._transaction(
-                        session.client, hop, envelope, remaining, message
-                    )
+                    for sender, batch in transactions(envelope, remaining):
+                        outcomes.update(
+                            await self._transaction(
+                                session.client, hop, envelope, sender, batch, message
+                            )
+                        )
                 except trio.TooSlowError:
                     text = f"{hop.name}[{hop.address}]: timed out"
                     last = Outcome(Reply(451, "4.4.1", text), hop.name)
@@ -114,7 +132,10 @@ class SMTPDeliverer:
                         await self.sessions.close(session)
                         session = None
                     if reused:
-                        continue  # a parked session the remote had closed: connect afresh
+                        # A parked session the remote had closed: connect afresh (for those
+                        # left; a VERP message may have had transactions answered on it).
+                        remaining = [r for r in remaining if r.address not in outcomes]
+                        continue
                     # Setup failed, or the session broke: the next hop for whoever is left.
                     # Even a 5xx greeting or a refused AUTH only defers (Postfix's soft bounce).
                     text = " ".join(f"{hop.name}[{hop.address}]: {exc}".split())[:400]
@@ -124,9 +145,8 @@ class SMTPDeliverer:
                         await self.sessions.close(session)
                     raise
                 else:
-                    outcomes.update(answered)
-                    remaining = [r for r in remaining if r.address not in answered]
                     self.sessions.park(key, session)
+                remaining = [r for r in remaining if r.address not in outcomes]
                 break
         for r in remaining:
             outcomes[r.address] = last
@@ -163,7 +183,8 @@ class SMTPDeliverer:
         client: SMTPClient,
         hop: Hop,
         envelope: Envelope,
-        recipients: list[Recipient],
+        sender: str | None,
+        recipients: Sequence[Recipient],
         message: bytes,
     ) -> dict[str, Outcome]:
         caps = client.capabilities
@@ -188,7 +209,7 @@ class SMTPDeliverer:
             rcpt_params.append(" ".join(params))
         addresses = [_address(r.address) for r in recipients]
         result = await client.send_message(
-            _address(envelope.sender),
+            _address(sender),
             [a for a in addresses if a is not None],
             [message],
             mail_params=" ".join(mail_params),

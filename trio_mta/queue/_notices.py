@@ -6,6 +6,11 @@ the transaction's sender, as srs and batv do to undo their rewriting); never to 
 failing message from ``<>`` (a bounce, or relayed mail with a null sender) is reported to the
 postmaster as a double bounce, and a failing double bounce is logged and dropped.
 NOTIFY=SUCCESS gets a "relayed" report (or "delivered", for local delivery).
+
+A message sent with VERP has one return path per recipient, so its notices go per recipient
+to the address that recipient's copy was sent from (``Envelope.return_path``), as Postfix does
+by default: the list software learns from the address alone whom a bounce is about. The
+``bounce`` hook runs once per notice, with that address as the transaction's sender.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+
+import attrs
 
 from ..config import Config
 from ..hooks import Action, Connection, DeliveryReport, HookRunner
@@ -48,21 +55,27 @@ class Notices:
         delivered: list[Recipient],
         message: bytes,
     ) -> list[Notice]:
-        notices = await self._failures(env, failed, message) if failed else []
+        notices: list[Notice] = []
+        if failed and self.bounces:
+            for return_path, group in _by_return_path(env, failed).items():
+                notices += await self._failures(
+                    attrs.evolve(env, sender=return_path), group, message
+                )
         successes = [r for r in delivered if r.notify and r.wants("SUCCESS")]
         if successes and env.sender is not None and env.kind is Kind.MESSAGE:
-            rows = [
-                (r, DsnAction.DELIVERED if r.remote == "local" else DsnAction.RELAYED)
-                for r in successes
-            ]
-            notices.append(self.make(env, rows, message, env.sender, Kind.BOUNCE))
+            for return_path, group in _by_return_path(env, successes).items():
+                rows = [
+                    (r, DsnAction.DELIVERED if r.remote == "local" else DsnAction.RELAYED)
+                    for r in group
+                ]
+                to = return_path if return_path is not None else env.sender
+                notices.append(self.make(env, rows, message, to, Kind.BOUNCE))
         return notices
 
     async def _failures(
         self, env: Envelope, failed: list[Recipient], message: bytes
     ) -> list[Notice]:
-        if not self.bounces:
-            return []
+        """The failure notice for ``failed``, which share the return path ``env.sender``."""
         runner = self.runner()
         to = env.sender
         if runner is not None and runner.has("bounce"):
@@ -112,6 +125,17 @@ class Notices:
             size=len(data),
         )
         return notice, data
+
+
+def _by_return_path(
+    env: Envelope, recipients: list[Recipient]
+) -> dict[str | None, list[Recipient]]:
+    """``recipients`` by the envelope sender their copies carried: all under ``env.sender``,
+    or, with VERP, each under its own."""
+    groups: dict[str | None, list[Recipient]] = {}
+    for r in recipients:
+        groups.setdefault(env.return_path(r.address), []).append(r)
+    return groups
 
 
 def _readdressed(env: Envelope, conn: Connection) -> str | None:

@@ -13,6 +13,10 @@ from collections.abc import Mapping
 
 import attrs
 
+from ..protocol import Address, AddressError, parse_path, verp_delimiters_ok, verp_encode
+
+# Envelopes without ``verp`` (written before it existed) read back as None; a daemon older
+# than ``verp`` ignores the field, and sends such a message with one sender for all.
 FORMAT = 1
 
 
@@ -72,6 +76,9 @@ class Envelope:
     body: str | None = None  # BODY=8BITMIME / 7BIT as received
     size: int = 0
     client: str = ""  # where it came from, for the DSN (Received-From-MTA) and logs
+    # XVERP delimiters ("+="): one transaction per recipient, each with the recipient folded
+    # into the envelope sender (``return_path``). None: one sender for all.
+    verp: str | None = None
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
@@ -80,6 +87,18 @@ class Envelope:
     @property
     def done(self) -> bool:
         return not self.pending
+
+    def return_path(self, address: str) -> str | None:
+        """The envelope sender for the recipient ``address``: with VERP, the sender with the
+        recipient folded in (or the plain sender, when that makes no address our server would
+        take back: a local part over 64 octets); without, the sender."""
+        if self.verp is None or self.sender is None:
+            return self.sender
+        sender, recipient = _mailbox(self.sender), _mailbox(address)
+        if sender is None or recipient is None:
+            return self.sender
+        folded = verp_encode(sender, recipient, self.verp)
+        return str(folded) if folded is not None else self.sender
 
 
 def dumps(envelope: Envelope) -> bytes:
@@ -139,3 +158,14 @@ def _check_types(envelope: Envelope) -> None:
     for r in envelope.recipients:
         if not isinstance(r.address, str) or "@" not in r.address:
             raise CorruptEntry(f"bad recipient {r.address!r}")
+    verp = envelope.verp
+    if verp is not None and not (isinstance(verp, str) and verp_delimiters_ok(verp)):
+        raise CorruptEntry(f"bad VERP delimiters {verp!r}")
+
+
+def _mailbox(text: str) -> Address | None:
+    try:
+        address, _ = parse_path(f"<{text}>", utf8=True, allow_null=False, allow_postmaster=True)
+    except AddressError:
+        return None
+    return address
