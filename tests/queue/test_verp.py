@@ -113,6 +113,7 @@ class FakeClient:
 
     hop: str
     log: list[tuple[str, int, str, tuple[str, ...]]]
+    serial: int  # which session this is (ids of dead objects get reused)
     breaks: int = 0
     capabilities: frozenset[str] = frozenset({"PIPELINING"})
     count: int = 0
@@ -128,7 +129,7 @@ class FakeClient:
         self.count += 1
         if self.count == self.breaks:
             raise SMTPClientError("connection lost")
-        self.log.append((self.hop, id(self), str(sender), tuple(str(r) for r in recipients)))
+        self.log.append((self.hop, self.serial, str(sender), tuple(str(r) for r in recipients)))
         ok = Reply(250, "2.1.5", "OK")
         final = Reply(250, "2.0.0", "queued")
         return SendResult(tuple(recipients), ok, (ok,) * len(recipients), final, sent=True)
@@ -142,6 +143,7 @@ class ScriptedDeliverer(SMTPDeliverer):
         super().__init__(helo="mx.example.test", connect_timeout=5.0)
         self.breaks = dict(breaks or {})
         self.log: list[tuple[str, int, str, tuple[str, ...]]] = []
+        self.opened = 0
 
     def _open(self, route: Route, hop: Hop) -> AbstractAsyncContextManager[SMTPClient]:
         return self._fake(hop)
@@ -149,7 +151,8 @@ class ScriptedDeliverer(SMTPDeliverer):
     @asynccontextmanager
     async def _fake(self, hop: Hop) -> AsyncIterator[SMTPClient]:
         await trio.lowlevel.checkpoint()
-        fake = FakeClient(hop.name, self.log, breaks=self.breaks.pop(hop.name, 0))
+        self.opened += 1
+        fake = FakeClient(hop.name, self.log, self.opened, breaks=self.breaks.pop(hop.name, 0))
         yield cast(SMTPClient, fake)  # the deliverer uses only what FakeClient has
 
 

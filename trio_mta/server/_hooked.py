@@ -55,8 +55,16 @@ class HookHandler:
             conn.close_requested = True
         return reply_for(hook, result)
 
+    def _takes_xverp(self, conn: Connection) -> bool:
+        """XVERP only where the built-in queue delivers the client's mail: it is the queue
+        that sends one transaction per recipient. Postfix likewise offers it only to
+        ``smtpd_authorized_verp_clients``."""
+        return self.queue is not None and conn.relaying
+
     async def capabilities(self, conn: Connection) -> list[str]:
         caps: list[str] = ["DSN"] if self.queue is not None else []
+        if self._takes_xverp(conn):
+            caps.append("XVERP")
         if self.runner.has("capabilities"):
             await self.runner.run_all("capabilities", conn, caps)
         return caps
@@ -95,6 +103,8 @@ class HookHandler:
         return reply_for("auth", result if result.action.is_denial else Result(Action.DENY))
 
     async def mail(self, conn: Connection, event: MailFrom) -> Reply:
+        if event.params.verp is not None and not self._takes_xverp(conn):
+            return R.XVERP_NOT_ALLOWED
         result, _ = await self.runner.run("mail", conn, event.sender, event.params)
         if result.action.is_denial:
             return self._verdict(conn, "mail", result)
