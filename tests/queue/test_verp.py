@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ import trio.testing
 from tests.queue.kit import (
     BODY,
     EPOCH,
+    RESOLVER,
     FakeDeliverer,
     connection,
     make_config,
@@ -28,12 +30,14 @@ from tests.queue.kit import (
     until_empty,
 )
 from trio_mta.config import TlsPolicy
+from trio_mta.events import Delivered, DeliveryAttempted, DeliveryBounced, Event
 from trio_mta.hooks import SendResult, SMTPClient, SMTPClientError
 from trio_mta.protocol import Address, MailParams, Reply
 from trio_mta.queue import (
     CorruptEntry,
     Envelope,
     Hop,
+    QueueService,
     Recipient,
     Route,
     SMTPDeliverer,
@@ -117,6 +121,7 @@ class FakeClient:
     breaks: int = 0
     capabilities: frozenset[str] = frozenset({"PIPELINING"})
     count: int = 0
+    refuse: frozenset[str] = frozenset()  # recipients answered 550 at RCPT
 
     async def send_message(
         self,
@@ -130,18 +135,24 @@ class FakeClient:
         if self.count == self.breaks:
             raise SMTPClientError("connection lost")
         self.log.append((self.hop, self.serial, str(sender), tuple(str(r) for r in recipients)))
-        ok = Reply(250, "2.1.5", "OK")
+        ok, no = Reply(250, "2.1.5", "OK"), Reply(550, "5.1.1", "No such user")
+        rcpt = tuple(no if str(r) in self.refuse else ok for r in recipients)
+        if all(r is no for r in rcpt):
+            return SendResult(tuple(recipients), ok, rcpt, None)
         final = Reply(250, "2.0.0", "queued")
-        return SendResult(tuple(recipients), ok, (ok,) * len(recipients), final, sent=True)
+        return SendResult(tuple(recipients), ok, rcpt, final, sent=True)
 
 
 class ScriptedDeliverer(SMTPDeliverer):
     """``SMTPDeliverer`` whose sessions are ``FakeClient``s: ``breaks[hop]`` says which
     transaction of that hop's first session fails."""
 
-    def __init__(self, breaks: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, breaks: dict[str, int] | None = None, refuse: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(helo="mx.example.test", connect_timeout=5.0)
         self.breaks = dict(breaks or {})
+        self.refuse = refuse
         self.log: list[tuple[str, int, str, tuple[str, ...]]] = []
         self.opened = 0
 
@@ -152,7 +163,8 @@ class ScriptedDeliverer(SMTPDeliverer):
     async def _fake(self, hop: Hop) -> AsyncIterator[SMTPClient]:
         await trio.lowlevel.checkpoint()
         self.opened += 1
-        fake = FakeClient(hop.name, self.log, self.opened, breaks=self.breaks.pop(hop.name, 0))
+        breaks = self.breaks.pop(hop.name, 0)
+        fake = FakeClient(hop.name, self.log, self.opened, breaks=breaks, refuse=self.refuse)
         yield cast(SMTPClient, fake)  # the deliverer uses only what FakeClient has
 
 
@@ -281,3 +293,51 @@ async def test_submit_keeps_the_delimiters(nursery: trio.Nursery, tmp_path: Path
     conn.transaction.mail_params = MailParams(verp="+=")
     id = await service.submit(conn)
     assert service.spool.read(id).verp == "+="
+
+
+async def test_events_and_logs_stay_per_recipient(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "trio_mta.queue")
+    await store(tmp_path, envelope(["a@dest.test", "reject@dest.test", "b@other.test"]))
+    events: list[Event] = []
+    config = make_config(tmp_path)
+    deliverer = ScriptedDeliverer(refuse=frozenset({"reject@dest.test"}))
+    service = QueueService(
+        config,
+        spool=Spool(spool_root(config), fsync=False, inline=True),
+        resolver=RESOLVER,
+        deliverer=deliverer,
+        now=lambda: EPOCH + trio.current_time(),
+        publish=events.append,
+    )
+    await started(nursery, service)
+    await until_empty(service)
+    ours = [e for e in events if e.txn == "Q1"]
+    attempted = sorted((e.domain, e.recipients) for e in ours if isinstance(e, DeliveryAttempted))
+    assert attempted == [
+        ("dest.test", ("a@dest.test", "reject@dest.test")),
+        ("other.test", ("b@other.test",)),
+    ]
+    delivered = sorted(r for e in ours if isinstance(e, Delivered) for r in e.recipients)
+    assert delivered == ["a@dest.test", "b@other.test"]
+    [bounced] = [e for e in ours if isinstance(e, DeliveryBounced)]
+    assert (bounced.recipients, bounced.code) == (("reject@dest.test",), 550)
+    # The bounce went, as a message of its own, to the VERP address of the failed recipient.
+    [notice] = [e for e in events if e.txn != "Q1" and isinstance(e, Delivered)]
+    assert notice.recipients == ("list-bounces+reject=dest.test@sender.test",)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("queue: Q1 ")]
+    assert sorted(line.split(" [")[0] for line in lines) == [
+        "queue: Q1 to=<a@dest.test> delivered 250 2.0.0 queued",
+        "queue: Q1 to=<b@other.test> delivered 250 2.0.0 queued",
+        "queue: Q1 to=<reject@dest.test> failed 550 5.1.1 No such user",
+    ]
+    senders = sorted(sender for _, _, sender, rcpts in deliverer.log if rcpts != notice.recipients)
+    assert senders == [
+        "list-bounces+a=dest.test@sender.test",
+        "list-bounces+b=other.test@sender.test",
+        "list-bounces+reject=dest.test@sender.test",
+    ]
