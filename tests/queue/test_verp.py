@@ -8,7 +8,7 @@ import email
 import email.policy
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import cast
@@ -107,6 +107,18 @@ def test_one_transaction_per_recipient() -> None:
     assert transactions(attrs.evolve(env, verp=None), recipients) == [(LIST, recipients)]
 
 
+def test_a_recipient_too_long_to_fold_is_sent_from_the_plain_sender(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    long = "b" * 50 + "@dest.test"
+    env = envelope(["a@dest.test", long])
+    with caplog.at_level(logging.WARNING, "trio_mta.queue"):
+        senders = [sender for sender, _ in transactions(env, env.recipients)]
+    assert senders == ["list-bounces+a=dest.test@sender.test", LIST]
+    [warning] = caplog.records
+    assert warning.getMessage().startswith(f"queue: Q1 to=<{long}>: sent without VERP")
+
+
 # -- the deliverer ------------------------------------------------------------------------------
 
 
@@ -122,6 +134,7 @@ class FakeClient:
     capabilities: frozenset[str] = frozenset({"PIPELINING"})
     count: int = 0
     refuse: frozenset[str] = frozenset()  # recipients answered 550 at RCPT
+    seconds: float = 0.0  # each transaction takes this long
 
     async def send_message(
         self,
@@ -130,7 +143,7 @@ class FakeClient:
         chunks: Sequence[bytes],
         **_: object,
     ) -> SendResult:
-        await trio.lowlevel.checkpoint()
+        await trio.sleep(self.seconds)
         self.count += 1
         if self.count == self.breaks:
             raise SMTPClientError("connection lost")
@@ -148,11 +161,15 @@ class ScriptedDeliverer(SMTPDeliverer):
     transaction of that hop's first session fails."""
 
     def __init__(
-        self, breaks: dict[str, int] | None = None, refuse: frozenset[str] = frozenset()
+        self,
+        breaks: dict[str, int] | None = None,
+        refuse: frozenset[str] = frozenset(),
+        seconds: float = 0.0,
     ) -> None:
         super().__init__(helo="mx.example.test", connect_timeout=5.0)
         self.breaks = dict(breaks or {})
         self.refuse = refuse
+        self.seconds = seconds
         self.log: list[tuple[str, int, str, tuple[str, ...]]] = []
         self.opened = 0
 
@@ -164,7 +181,9 @@ class ScriptedDeliverer(SMTPDeliverer):
         await trio.lowlevel.checkpoint()
         self.opened += 1
         breaks = self.breaks.pop(hop.name, 0)
-        fake = FakeClient(hop.name, self.log, self.opened, breaks=breaks, refuse=self.refuse)
+        fake = FakeClient(
+            hop.name, self.log, self.opened, breaks=breaks, refuse=self.refuse, seconds=self.seconds
+        )
         yield cast(SMTPClient, fake)  # the deliverer uses only what FakeClient has
 
 
@@ -295,6 +314,42 @@ async def test_submit_keeps_the_delimiters(nursery: trio.Nursery, tmp_path: Path
     assert service.spool.read(id).verp == "+="
 
 
+def scripted_service(
+    tmp_path: Path,
+    deliverer: ScriptedDeliverer,
+    publish: Callable[[Event], None] | None = None,
+    *,
+    attempt_timeout: float = 600.0,
+    retry_first: float = 60.0,
+) -> QueueService:
+    """A queue service (on the trio clock) whose SMTP sessions are ``FakeClient``s."""
+    config = make_config(tmp_path, attempt_timeout=attempt_timeout, retry_first=retry_first)
+    return QueueService(
+        config,
+        spool=Spool(spool_root(config), fsync=False, inline=True),
+        resolver=RESOLVER,
+        deliverer=deliverer,
+        now=lambda: EPOCH + trio.current_time(),
+        publish=publish,
+    )
+
+
+async def test_an_attempt_cut_by_its_deadline_keeps_the_transactions_done(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Three transactions of 10 s each against a 25 s attempt: a and b are done when it is cut.
+    await store(tmp_path, envelope(["a@dest.test", "b@dest.test", "c@dest.test"]))
+    deliverer = ScriptedDeliverer(seconds=10.0)
+    service = await started(
+        nursery, scripted_service(tmp_path, deliverer, attempt_timeout=25.0, retry_first=60.0)
+    )
+    t0 = trio.current_time()
+    await until_empty(service)
+    sent = [(rcpts, serial) for _, serial, _, rcpts in deliverer.log]
+    assert [rcpts for rcpts, _ in sent] == [("a@dest.test",), ("b@dest.test",), ("c@dest.test",)]
+    assert trio.current_time() - t0 == pytest.approx(25.0 + 60.0 + 10.0)  # c, on the retry
+
+
 async def test_events_and_logs_stay_per_recipient(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -304,17 +359,8 @@ async def test_events_and_logs_stay_per_recipient(
     caplog.set_level(logging.INFO, "trio_mta.queue")
     await store(tmp_path, envelope(["a@dest.test", "reject@dest.test", "b@other.test"]))
     events: list[Event] = []
-    config = make_config(tmp_path)
     deliverer = ScriptedDeliverer(refuse=frozenset({"reject@dest.test"}))
-    service = QueueService(
-        config,
-        spool=Spool(spool_root(config), fsync=False, inline=True),
-        resolver=RESOLVER,
-        deliverer=deliverer,
-        now=lambda: EPOCH + trio.current_time(),
-        publish=events.append,
-    )
-    await started(nursery, service)
+    service = await started(nursery, scripted_service(tmp_path, deliverer, events.append))
     await until_empty(service)
     ours = [e for e in events if e.txn == "Q1"]
     attempted = sorted((e.domain, e.recipients) for e in ours if isinstance(e, DeliveryAttempted))

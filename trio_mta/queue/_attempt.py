@@ -39,7 +39,7 @@ from ..hooks import (
     Transaction,
 )
 from ..protocol import MailParams, RcptParams, Reply, parse_path
-from ._deliver import Deliverer, GroupResult, Outcome
+from ._deliver import Deliverer, GroupResult, Outcome, SMTPDeliverer
 from ._rate import RateLimits
 from ._records import Envelope, Recipient, Status
 from ._route import Route, RouteError, Router
@@ -198,7 +198,12 @@ class Attempt:
             await trio.sleep_until(due)
         async with self.limiter(route.key), self.global_limit:
             self._attempted(env, route, recipients, route.hops[0].name if route.hops else None)
-            done: GroupResult = await self.deliverer.deliver(route, env, recipients, message)
+            done: GroupResult
+            if isinstance(self.deliverer, SMTPDeliverer):
+                # Answers land in ``out`` as they come: a cut attempt keeps them.
+                done = await self.deliverer.deliver(route, env, recipients, message, progress=out)
+            else:
+                done = await self.deliverer.deliver(route, env, recipients, message)
         if done.unreachable and self.config.queue.dead_destination > 0:
             self.dead_until[route.key] = trio.current_time() + self.config.queue.dead_destination
         else:

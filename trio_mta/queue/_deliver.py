@@ -23,6 +23,7 @@ when it offers them. The outcome of each recipient never raises: only bugs do.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -36,6 +37,8 @@ from ..protocol import Address, Reply, parse_path
 from ._records import Envelope, Recipient
 from ._route import Hop, Route
 from ._sessions import Session, SessionCache
+
+log = logging.getLogger("trio_mta.queue")
 
 
 @attrs.frozen
@@ -78,7 +81,19 @@ def transactions(
     for all of them; with VERP, one per recipient, each with its own sender."""
     if envelope.verp is None or envelope.sender is None:
         return [(envelope.sender, recipients)]
-    return [(envelope.return_path(r.address), [r]) for r in recipients]
+    out: list[tuple[str | None, Sequence[Recipient]]] = []
+    for r in recipients:
+        sender = envelope.return_path(r.address)
+        if sender == envelope.sender:
+            log.warning(
+                "queue: %s to=<%s>: sent without VERP, from <%s>: the folded sender would "
+                "pass 64 octets, and our own server would refuse a bounce to it",
+                envelope.id,
+                r.address,
+                sender,
+            )
+        out.append((sender, [r]))
+    return out
 
 
 class SMTPDeliverer:
@@ -101,8 +116,17 @@ class SMTPDeliverer:
         return context
 
     async def deliver(
-        self, route: Route, envelope: Envelope, recipients: Sequence[Recipient], message: bytes
+        self,
+        route: Route,
+        envelope: Envelope,
+        recipients: Sequence[Recipient],
+        message: bytes,
+        *,
+        progress: dict[str, Outcome] | None = None,
     ) -> GroupResult:
+        """``progress``: where each transaction's answers also land as soon as they are known,
+        so that an attempt cut by its deadline keeps them (a VERP message's transactions come
+        one at a time; without this, those already delivered would be sent again)."""
         outcomes: dict[str, Outcome] = {}
         remaining = list(recipients)
         last = Outcome(Reply(451, "4.4.1", "No host could be reached"))
@@ -119,11 +143,12 @@ class SMTPDeliverer:
                         session = await self._connect(route, hop)
                     reached = True
                     for sender, batch in transactions(envelope, remaining):
-                        outcomes.update(
-                            await self._transaction(
-                                session.client, hop, envelope, sender, batch, message
-                            )
+                        answers = await self._transaction(
+                            session.client, hop, envelope, sender, batch, message
                         )
+                        outcomes.update(answers)
+                        if progress is not None:
+                            progress.update(answers)
                 except trio.TooSlowError:
                     text = f"{hop.name}[{hop.address}]: timed out"
                     last = Outcome(Reply(451, "4.4.1", text), hop.name)
