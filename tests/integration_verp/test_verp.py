@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -70,6 +71,20 @@ async def test_xverp_is_offered_to_relaying_clients_only(tmp_path: Path) -> None
             await outside.send("EHLO outside.test\r\n")
             assert "XVERP" not in (await outside.reply()).lines
             await outside.stream.aclose()
+
+
+async def test_without_the_queue_nobody_is_offered_xverp(tmp_path: Path) -> None:
+    config = verp_config(tmp_path / "var", dead_port())
+    config = attrs.evolve(config, queue=attrs.evolve(config.queue, enabled=False))
+    with trio.fail_after(CAP):
+        async with running_app(config) as mta:
+            ours = await connect(mta)
+            await ours.send("EHLO client.test\r\n")
+            assert "XVERP" not in (await ours.reply()).lines
+            await ours.stream.aclose()
+            assert await mail_reply(mta, f"MAIL FROM:<{LIST}> XVERP") == (
+                "555 5.5.4 Unsupported parameter XVERP (clients that may relay only)"
+            )
 
 
 async def test_xverp_refusals(tmp_path: Path) -> None:
