@@ -3,11 +3,7 @@ refusals; a VERP message reaching an aiosmtpd server as one transaction per reci
 its own sender, on one connection; a VERP entry surviving a restart; a bounce to a VERP address
 of ours (and our own queue's bounce) delivered to the base mailbox with the decoded recipient
 noted; the plugin's ``senders`` without XVERP.
-
-Two tests need ``QueueService.submit`` to copy ``mail_params.verp`` into the envelope, a line in
-``trio_mta/queue/_service.py`` (another engineer's file; /tmp/verp-service.patch): they are
-strict xfails until it lands, and then fail as XPASS until the marker goes. The spool tests
-reach the same delivery path from an entry written as ``submit`` will write it."""
+The spool tests reach the same delivery path from an entry written as ``submit`` writes it."""
 
 from __future__ import annotations
 
@@ -15,7 +11,6 @@ import json
 from pathlib import Path
 
 import attrs
-import pytest
 import trio
 
 from tests.helpers.maildir import mailbox_new
@@ -44,11 +39,6 @@ from .kit import (
 )
 
 THREE = ("alice@remote.example", "bob@remote.example", "carol@remote.example")
-NEEDS_SUBMIT = pytest.mark.xfail(
-    strict=True,
-    reason="QueueService.submit (trio_mta/queue/_service.py, not ours to edit) does not copy "
-    "txn.mail_params.verp into the envelope yet: /tmp/verp-service.patch",
-)
 BOUNCE = (
     b"From: MAILER-DAEMON@remote.example\r\nSubject: Undeliverable\r\n\r\n"
     b"Your message could not be delivered.\r\n"
@@ -136,7 +126,6 @@ async def test_a_verp_entry_in_the_spool_goes_out_one_transaction_per_recipient(
     assert downstream.sessions == 1
 
 
-@NEEDS_SUBMIT
 async def test_xverp_to_three_recipients_is_three_transactions(tmp_path: Path) -> None:
     downstream = Downstream()
     with trio.fail_after(CAP):
@@ -154,7 +143,6 @@ async def test_xverp_to_three_recipients_is_three_transactions(tmp_path: Path) -
     assert downstream.sessions == 1
 
 
-@NEEDS_SUBMIT
 async def test_xverp_survives_a_restart_between_acceptance_and_delivery(tmp_path: Path) -> None:
     var = tmp_path / "var"
     downstream = Downstream()
@@ -175,7 +163,6 @@ async def test_xverp_survives_a_restart_between_acceptance_and_delivery(tmp_path
     ]
 
 
-@NEEDS_SUBMIT
 async def test_senders_get_verp_without_xverp(tmp_path: Path) -> None:
     downstream = Downstream()
     with trio.fail_after(CAP):

@@ -300,11 +300,6 @@ async def test_bounces_go_per_recipient_to_the_verp_address(
         assert notice.message.count(b"Final-Recipient:") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QueueService.submit (_service.py, not ours to edit) does not yet copy "
-    "txn.mail_params.verp into the envelope: /tmp/verp-service.patch",
-)
 async def test_submit_keeps_the_delimiters(nursery: trio.Nursery, tmp_path: Path) -> None:
     service = await started(nursery, make_service(tmp_path, FakeDeliverer()))
     conn = connection(LIST, ["a@dest.test"])

@@ -165,6 +165,7 @@ class QueueService:
             smtputf8=params.smtputf8,
             body=params.body,
             client=conn.client_ip,
+            verp=params.verp,  # XVERP, or a plugin's (verp's senders): one sender per recipient
         )
         with trio.CancelScope(shield=True):
             env = await self.spool.store(env, txn.iter_message())
