@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from trio_mta import hooks
-from trio_mta.protocol import Address, AddressError, RcptParams, parse_path
+from trio_mta.protocol import Address, RcptParams, make_address
 
 DAY_SECONDS = 86400
 MAX_AGE_DAYS = 365
@@ -69,25 +69,6 @@ def same_text(given: str, expected: str) -> bool:
 def is_srs_local(local: str) -> bool:
     """Whether a local part is in the SRS0/SRS1 form (any separator), whoever made it."""
     return ascii_lower(local[:4]) in ("srs0", "srs1") and local[4:5] in tuple(SRS_SEPARATORS)
-
-
-def make_address(local: str, domain: str, *, utf8: bool = True) -> Address | None:
-    """``local@domain`` as our server would parse it in RCPT TO, or None if it would refuse it
-    (bad syntax, a local part over 64 octets). A local part that is not a dot-atom is quoted."""
-    for candidate in (local, _quoted(local)):
-        try:
-            address, rest = parse_path(
-                f"<{candidate}@{domain}>", utf8=utf8, allow_null=False, allow_postmaster=False
-            )
-        except AddressError:
-            continue
-        if address is not None and not rest:
-            return address
-    return None
-
-
-def _quoted(local: str) -> str:
-    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def normal_domain(domain: str) -> str:

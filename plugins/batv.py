@@ -61,14 +61,13 @@ from plugins._envelope_tags import (
     is_remote,
     is_srs_local,
     keyed_digest,
-    make_address,
     normal_domain,
     note_map,
     rewrite_recipients,
     same_text,
 )
 from trio_mta import hooks
-from trio_mta.protocol import Address, RcptParams
+from trio_mta.protocol import Address, RcptParams, make_address
 
 DAY_SLOTS = 1000  # DDD is the expiry day modulo this
 MAX_KEYS = 10  # K is one digit

@@ -70,7 +70,6 @@ from plugins._envelope_tags import (
     is_remote,
     is_srs_local,
     keyed_digest,
-    make_address,
     normal_domain,
     note_map,
     read_secrets,
@@ -78,7 +77,7 @@ from plugins._envelope_tags import (
     same_text,
 )
 from trio_mta import hooks
-from trio_mta.protocol import Address, RcptParams
+from trio_mta.protocol import Address, RcptParams, make_address
 
 HASH_LENGTH = 4
 TIME_SLOTS = 1024  # days; TT is the day number modulo this

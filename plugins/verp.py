@@ -45,7 +45,6 @@ from plugins._envelope_tags import (
     ascii_lower,
     check_domain,
     check_keys,
-    make_address,
     normal_domain,
     note_map,
     rewrite_recipients,
@@ -56,6 +55,7 @@ from trio_mta.protocol import (
     Address,
     RcptParams,
     VerpAddress,
+    make_address,
     verp_decodable,
     verp_decode,
 )

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plugins._envelope_tags import DAY_SECONDS, is_srs_local, make_address
+from plugins._envelope_tags import DAY_SECONDS, is_srs_local
 from plugins.srs import (
     BASE32,
     Codec,
@@ -25,7 +25,7 @@ from plugins.srs import (
     encode_timestamp,
 )
 from trio_mta import hooks
-from trio_mta.protocol import Address, MailParams, RcptParams
+from trio_mta.protocol import Address, MailParams, RcptParams, make_address
 
 from .plugin_kit import (
     ENV,

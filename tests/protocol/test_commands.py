@@ -94,6 +94,7 @@ def test_public_surface_is_curated() -> None:
         "VerpAddress",
         "Vrfy",
         "dot_stuff",
+        "make_address",
         "parse_ehlo",
         "parse_path",
         "replies",

@@ -51,6 +51,7 @@ from ._state import BareLineEndingPolicy as BareLineEndingPolicy
 from ._state import ProtocolLimits as ProtocolLimits
 from ._state import State as State
 from ._verp import VerpAddress as VerpAddress
+from ._verp import make_address as make_address
 from ._verp import verp_decodable as verp_decodable
 from ._verp import verp_decode as verp_decode
 from ._verp import verp_encode as verp_encode

@@ -44,15 +44,16 @@ def _quoted(local: str) -> str:
     return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _mailbox(local: str, domain: str) -> Address | None:
+def make_address(local: str, domain: str, *, utf8: bool = True) -> Address | None:
     """``local@domain`` (``local`` unquoted) as our server would parse it in RCPT TO, quoted
-    if it is not a dot-atom; None if it would be refused (syntax, length)."""
+    if it is not a dot-atom; None if it would be refused (syntax, length). For whatever builds
+    an envelope address from parts: VERP here, SRS and BATV in plugins."""
     if not local or not domain:
         return None
     for candidate in (local, _quoted(local)):
         try:
             address, rest = parse_path(
-                f"<{candidate}@{domain}>", utf8=True, allow_null=False, allow_postmaster=False
+                f"<{candidate}@{domain}>", utf8=utf8, allow_null=False, allow_postmaster=False
             )
         except AddressError:
             continue
@@ -71,7 +72,7 @@ def verp_encode(sender: Address, recipient: Address, delimiters: str) -> Address
         f"{sender.unquoted_local_part}{first}{recipient.unquoted_local_part}"
         f"{second}{recipient.domain}"
     )
-    return _mailbox(local, sender.domain)
+    return make_address(local, sender.domain)
 
 
 def verp_decode(
@@ -95,8 +96,8 @@ def verp_decode(
     split = rest.rfind(second)
     if split <= 0:
         return None
-    recipient = _mailbox(rest[:split], rest[split + 1 :])
-    plain = _mailbox(local[:cut], address.domain)
+    recipient = make_address(rest[:split], rest[split + 1 :])
+    plain = make_address(local[:cut], address.domain)
     if recipient is None or plain is None:
         return None
     return VerpAddress(plain, recipient)
