@@ -254,10 +254,22 @@ def mailboxes(draw: st.DrawFn) -> Address:
     raise AssertionError("a quoted local part always parses")
 
 
+def test_empty_recipient_local_part_is_not_folded() -> None:
+    # hypothesis found '0-=0@0' for ""@0: encoded, but verp_decode could never take it apart
+    empty = Address('""', "remote.example")
+    assert empty.unquoted_local_part == ""
+    assert verp_encode(LIST, empty, "+=") is None
+    assert verp_encode(Address('""', "example.test"), ALICE, "+=") is None
+    assert verp_encode(LIST, ALICE, "+=") is not None
+    assert verp_decode(Address("list-bounces+=remote.example", "example.test"), "+=") is None
+
+
 @SETTINGS
 @given(mailboxes(), mailboxes(), DECODABLE)
 def test_round_trip(sender: Address, recipient: Address, delimiters: str) -> None:
     folded = verp_encode(sender, recipient, delimiters)
+    if folded is None and not (recipient.unquoted_local_part and sender.unquoted_local_part):
+        return  # never folded: test_empty_recipient_local_part_is_not_folded
     if folded is None:  # only when even its quoted form would pass 64 octets
         first, second = delimiters[0], delimiters[1]
         local = (

@@ -64,8 +64,14 @@ def make_address(local: str, domain: str, *, utf8: bool = True) -> Address | Non
 
 def verp_encode(sender: Address, recipient: Address, delimiters: str) -> Address | None:
     """The envelope sender for ``recipient``, or None when there is none to make (bad
-    delimiters, a recipient without a domain, a local part over 64 octets)."""
+    delimiters, a recipient without a domain, a local part over 64 octets).
+
+    An empty local part (``""@host``) on either side gets none either: the bounce address would
+    start with the delimiter or hold ``-=host``, which no decoder can tell apart from a
+    malformed one, so its bounces could not be traced back (the caller sends the plain sender)."""
     if not verp_delimiters_ok(delimiters) or not recipient.domain or not sender.domain:
+        return None
+    if not recipient.unquoted_local_part or not sender.unquoted_local_part:
         return None
     first, second = delimiters[0], delimiters[1]
     local = (
