@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from tests.plugins.plugin_kit import (
     begin,
@@ -195,3 +198,156 @@ def test_limits_must_be_whole_numbers(key: str, value: object) -> None:
 
 def test_unknown_keys_are_refused() -> None:
     assert "unknown keys ['max_rcpt']" in config_error("limit", {"max_rcpt": 5})
+
+
+# ----------------------------------------------------------------------------- rates
+
+CONN_RATE = {"max_connection_rate": 2, "rate_window": 60}
+
+
+async def test_connections_past_the_rate_are_refused_until_the_window_refills(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    run = runner("limit", CONN_RATE)
+    for _ in range(2):
+        assert (await verdict(run, "connect", connection()))[0] is hooks.CONT
+    result, reply = await verdict(run, "connect", connection())
+    assert result.action is hooks.Action.DENYSOFTDISCONNECT
+    assert reply == Reply(
+        421, "4.7.0", ("Too many connections from your address, try again in 30 s",)
+    )
+    assert (await verdict(run, "connect", connection("192.0.2.99")))[0] is hooks.CONT
+    await trio.sleep(30)
+    assert (await verdict(run, "connect", connection()))[0] is hooks.CONT
+    assert (await verdict(run, "connect", connection()))[1] is not None
+
+
+async def test_the_rate_counts_connections_not_concurrency() -> None:
+    run = runner("limit", CONN_RATE)
+    for _ in range(2):
+        conn = connection()
+        assert (await verdict(run, "connect", conn))[0] is hooks.CONT
+        await run.run_all("disconnect", conn)  # closing does not give the allowance back
+    assert (await verdict(run, "connect", connection()))[1] is not None
+
+
+async def test_loopback_is_exempt_by_default_and_the_exemption_is_configurable() -> None:
+    run = runner("limit", CONN_RATE)
+    for ip in ["127.0.0.1", "::1", "::ffff:127.0.0.5"] * 3:
+        assert (await verdict(run, "connect", connection(ip)))[0] is hooks.CONT
+    run = runner("limit", {**CONN_RATE, "rate_exempt": ["192.0.2.0/28"]})
+    for _ in range(3):
+        assert (await verdict(run, "connect", connection("192.0.2.10")))[0] is hooks.CONT
+    for _ in range(2):
+        assert (await verdict(run, "connect", connection("127.0.0.1")))[0] is hooks.CONT
+    assert (await verdict(run, "connect", connection("127.0.0.1")))[1] is not None
+
+
+async def test_ipv6_clients_share_their_slash_64() -> None:
+    run = runner("limit", CONN_RATE)
+    assert (await verdict(run, "connect", connection("2001:db8:0:1::a")))[0] is hooks.CONT
+    assert (await verdict(run, "connect", connection("2001:db8:0:1::b")))[0] is hooks.CONT
+    assert (await verdict(run, "connect", connection("2001:db8:0:1:ffff::c")))[1] is not None
+    assert (await verdict(run, "connect", connection("2001:db8:0:2::a")))[0] is hooks.CONT
+
+
+async def test_messages_past_the_rate_are_deferred_at_mail() -> None:
+    run = runner("limit", {"max_message_rate": 2})
+    conn = connection()
+    for _ in range(2):
+        txn = begin(conn)
+        assert (await verdict(run, "mail", conn, txn.sender, txn.mail_params))[0] is hooks.CONT
+    txn = begin(conn)
+    result, reply = await verdict(run, "mail", conn, txn.sender, txn.mail_params)
+    assert result.action is hooks.Action.DENYSOFT
+    assert reply == Reply(450, "4.7.1", ("Too much mail from your address, try again in 30 s",))
+    other = connection()  # a new connection from the same address shares the allowance
+    txn = begin(other)
+    assert (await verdict(run, "mail", other, txn.sender, txn.mail_params))[1] is not None
+
+
+async def test_recipients_past_the_rate_are_deferred_whichever_transaction() -> None:
+    run = runner("limit", {"max_recipient_rate": 3, "rate_window": 30})
+    conn = connection()
+    begin(conn)
+    for _ in range(2):
+        assert (await verdict(run, "rcpt", conn, BOB, RcptParams()))[0] is hooks.CONT
+    begin(conn)
+    assert (await verdict(run, "rcpt", conn, BOB, RcptParams()))[0] is hooks.CONT
+    result, reply = await verdict(run, "rcpt", conn, BOB, RcptParams())
+    assert result.action is hooks.Action.DENYSOFT
+    assert reply == Reply(
+        450, "4.7.1", ("Too many recipients from your address, try again in 10 s",)
+    )
+
+
+async def test_authenticated_sessions_are_held_to_their_users_rate_not_their_address() -> None:
+    run = runner(
+        "limit", {"max_message_rate": 1, "max_recipient_rate": 1, "max_user_recipient_rate": 2}
+    )
+    anonymous = connection()
+    begin(anonymous)
+    assert (await verdict(run, "rcpt", anonymous, BOB, RcptParams()))[0] is hooks.CONT
+    assert (await verdict(run, "rcpt", anonymous, BOB, RcptParams()))[1] is not None
+    # Same address, authenticated: its address's exhausted rates do not apply...
+    alice = connection(auth_user="alice")
+    for _ in range(2):
+        txn = begin(alice)
+        assert (await verdict(run, "mail", alice, txn.sender, txn.mail_params))[0] is hooks.CONT
+        assert (await verdict(run, "rcpt", alice, BOB, RcptParams()))[0] is hooks.CONT
+    # ...its user's does, wherever the user connects from (loopback exemption included).
+    elsewhere = connection("127.0.0.1", auth_user="alice")
+    begin(elsewhere)
+    _result, reply = await verdict(run, "rcpt", elsewhere, BOB, RcptParams())
+    assert reply == Reply(
+        450, "4.7.1", ("Too many recipients for this account, try again in 30 s",)
+    )
+    carol = connection(auth_user="carol")
+    begin(carol)
+    assert (await verdict(run, "rcpt", carol, BOB, RcptParams()))[0] is hooks.CONT
+
+
+async def test_a_recipient_over_the_per_transaction_limit_does_not_spend_the_rate() -> None:
+    run = runner("limit", {"max_recipients": 1, "max_recipient_rate": 2})
+    conn = connection()
+    txn = begin(conn)
+    assert (await verdict(run, "rcpt", conn, BOB, RcptParams()))[0] is hooks.CONT
+    txn.recipients.append((BOB, RcptParams()))
+    for _ in range(5):
+        assert (await verdict(run, "rcpt", conn, BOB, RcptParams()))[1].code == 452  # type: ignore[union-attr]
+    begin(conn)
+    assert (await verdict(run, "rcpt", conn, BOB, RcptParams()))[0] is hooks.CONT
+
+
+async def test_a_rate_refusal_is_logged_with_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    run = runner("limit", {"max_connection_rate": 1})
+    await verdict(run, "connect", connection("198.51.100.4"))
+    with caplog.at_level(logging.INFO):
+        await verdict(run, "connect", connection("198.51.100.4"))
+    assert "max_connection_rate reached for 198.51.100.4" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["max_connection_rate", "max_message_rate", "max_recipient_rate", "max_user_recipient_rate"],
+)
+@pytest.mark.parametrize("value", [-1, 1.5, "10", True])
+def test_rates_must_be_whole_numbers(key: str, value: object) -> None:
+    assert f"{key}: must be a whole number" in config_error("limit", {key: value})
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"rate_window": 0}, "rate_window: must be a positive number"),
+        ({"rate_window": -5}, "rate_window: must be a positive number"),
+        ({"rate_window": "60"}, "rate_window: must be a positive number"),
+        ({"rate_window": float("inf")}, "rate_window: must be a finite number"),
+        ({"rate_ipv6_prefix": 0}, "rate_ipv6_prefix: must be a whole number from 1 to 128"),
+        ({"rate_ipv6_prefix": 129}, "rate_ipv6_prefix: must be a whole number from 1 to 128"),
+        ({"rate_exempt": "127.0.0.1"}, "rate_exempt: must be a list of networks"),
+        ({"rate_exempt": ["127.0.0.1/8", "nonsense"]}, "rate_exempt: 'nonsense' is not a network"),
+    ],
+)
+def test_rate_options_are_checked(config: dict[str, object], error: str) -> None:
+    assert error in config_error("limit", config)
