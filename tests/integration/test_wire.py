@@ -108,6 +108,23 @@ async def test_smuggling_is_refused_and_nothing_is_delivered(
     assert len(all_messages(mta.var_dir)) == 1
 
 
+@pytest.mark.parametrize(
+    "fake_end", [b"\n.\n", b"\r\n.\n", b"\r.\r"], ids=["LF.LF", "CRLF.LF", "CR.CR"]
+)
+async def test_bdat_with_bare_line_endings_is_refused(mta: RunningMTA, fake_end: bytes) -> None:
+    """BDAT is framed by length, so here the fake end cannot split the session; but stored, it
+    would reach the next hop inside DATA, where a lax server may read it as the end."""
+    payload = b"Subject: carrier\r\n\r\nhello" + fake_end + SMUGGLED_TAIL
+    with trio.fail_after(CAP):
+        client = await mta.greeted()
+        await client.command("MAIL FROM:<a@example.org>", 250)
+        await client.command("RCPT TO:<b@example.test>", 250)
+        await client.send(b"BDAT %d LAST\r\n%s" % (len(payload), payload))
+        assert "bare CR or LF" in (await client.expect(554, "5.6.0")).text
+        await client.command("NOOP", 250)
+    assert all_messages(mta.var_dir) == []
+
+
 async def test_smuggling_with_normalize_stores_one_message(
     start_mta: StartMTA, var_dir: Path
 ) -> None:

@@ -351,6 +351,71 @@ def test_bdat_binary_data_is_opaque() -> None:
     assert sum(isinstance(e, MailFrom) for e in events) == 1
 
 
+def bdat(*chunks: bytes) -> bytes:
+    return b"".join(
+        b"BDAT %d%s\r\n" % (len(c), b" LAST" if i == len(chunks) - 1 else b"") + c
+        for i, c in enumerate(chunks)
+    )
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        # The SMTP smuggling payload: stored as it is, it would end the next hop's DATA if
+        # that server reads a bare LF as a line end.
+        (b"hi\n.\nMAIL FROM:<evil@x.example>\r\n",),
+        (b"a\rb\r\n",),
+        (b"a\r\n", b"b\r"),  # the message ends in a bare CR
+        (b"a\r", b"b\r\n"),  # a CR ends one chunk, no LF opens the next
+        (b"a\r", b"\rb\r\n"),
+        (b"a\r\n\n",),
+    ],
+)
+def test_bdat_bare_line_endings_refused(chunks: tuple[bytes, ...]) -> None:
+    events, out = assert_same_events(ENVELOPE + bdat(*chunks) + b"NOOP\r\n")
+    assert ends(events)[-1].problem == R.BARE_LINE_ENDING
+    assert not any(isinstance(e, DataChunk) and b"evil" in e.data for e in events)
+    assert reply_codes(out)[-2:] == ["554 5.6.0", "250 2.0.0"]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [(b"a\r", b"\nb\r\n"), (b"a\r", b"\n"), (b"a\r", b"", b"\n"), (b"\r", b"\n\r", b"\n")],
+)
+def test_bdat_crlf_split_between_chunks_is_fine(chunks: tuple[bytes, ...]) -> None:
+    events, _ = assert_same_events(ENVELOPE + bdat(*chunks))
+    assert ends(events)[-1].problem is None
+    assert message_of(events) == b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ((b"a\nb\r", b"\nc\r"), b"a\r\nb\r\nc\r\n"),
+        ((b"a\r", b"b\n"), b"a\r\nb\r\n"),
+        ((b"hi\n.\nX\r\n",), b"hi\r\n.\r\nX\r\n"),
+        ((b"a\r\r\n",), b"a\r\n\r\n"),
+    ],
+)
+def test_bdat_bare_line_endings_normalized(chunks: tuple[bytes, ...], message: bytes) -> None:
+    events, _ = assert_same_events(ENVELOPE + bdat(*chunks), limits=NORMALIZE)
+    assert ends(events)[-1].problem is None
+    assert message_of(events) == message
+
+
+def test_bdat_line_end_state_does_not_leak_into_the_next_transaction() -> None:
+    # A refused transaction that ended on a CR must not make the next one's first LF look fine,
+    # nor its first byte look bare.
+    again = ENVELOPE[len(GREET) :]
+    data = ENVELOPE + b"BDAT 2\r\na\rRSET\r\n" + again + bdat(b"\nb\r\n")
+    events, _ = assert_same_events(data)
+    assert ends(events)[-1].problem == R.BARE_LINE_ENDING
+    data = ENVELOPE + bdat(b"a\r") + again + bdat(b"b\r\n")
+    events, _ = assert_same_events(data)
+    assert ends(events)[-2].problem == R.BARE_LINE_ENDING
+    assert ends(events)[-1] == EndOfData(3, None)
+
+
 def test_bdat_before_rcpt_consumes_the_chunk() -> None:
     data = GREET + MAIL + b"BDAT 12 LAST\r\nRSET\r\nQUIT\r\n" + RCPT
     events, out = assert_same_events(data)

@@ -65,7 +65,10 @@ def transaction(draw: st.DrawFn) -> bytes:
         out += f"RCPT TO:{draw(MAILBOX)}{draw(RCPT_PARAMS)}\r\n".encode()
     if draw(st.booleans()):
         return out + b"DATA\r\n" + dot_stuff(draw(BODY))
-    chunks = draw(st.lists(st.binary(max_size=30), min_size=1, max_size=3))
+    # BDAT carries CRLF text too (no BINARYMIME), cut anywhere: a CRLF may straddle two chunks.
+    body = draw(BODY)
+    cut_at = sorted(draw(st.lists(st.integers(0, len(body)), max_size=2)))
+    chunks = [body[i:j] for i, j in zip([0, *cut_at], [*cut_at, len(body)], strict=True)]
     for i, chunk in enumerate(chunks):
         last = " LAST" if i == len(chunks) - 1 else ""
         out += f"BDAT {len(chunk)}{last}\r\n".encode() + chunk

@@ -80,6 +80,7 @@ class ServerConnection:
     # One per connection, thousands held idle: slots keep each one small.
     __slots__ = (
         "_buf",
+        "_chunk_cr",
         "_chunk_last",
         "_chunk_left",
         "_chunk_pending",
@@ -119,6 +120,8 @@ class ServerConnection:
         self._chunk_left = 0
         self._chunk_last = False
         self._chunk_valid = False
+        # The last BDAT piece ended in CR: its LF may open the next piece (or chunk).
+        self._chunk_cr = False
         # A BDAT chunk (even of size 0) owes its end event until it has been emitted.
         self._chunk_pending = False
         self._data_end_pending = False
@@ -406,6 +409,7 @@ class ServerConnection:
             if self.state is State.RCPT:
                 self._data_size = 0
                 self._data_problem = None
+                self._chunk_cr = False
             self.state = State.BDAT
             return BdatCommand(size, last)
         # Out of sequence: the chunk is still read (and dropped) so the stream stays in sync.
@@ -473,18 +477,44 @@ class ServerConnection:
             del buf[:take]
             self._chunk_left -= take
             if self._chunk_valid:
-                accepted = self._accept_content(piece)
+                accepted = self._accept_content(self._chunk_line_ends(piece))
                 if accepted:
                     return DataChunk(accepted)
             if self._chunk_left:
                 return NEED_DATA
         self._chunk_pending = False
+        if self._chunk_last and self._chunk_valid and self._chunk_cr:
+            self._chunk_cr = False
+            if self.limits.bare_line_endings is BareLineEndingPolicy.REJECT:
+                self._note_problem(R.BARE_LINE_ENDING)  # the message ended in a bare CR
         problem = self._data_problem
         if not self._chunk_valid:
             self._data_problem = None
         if self._chunk_last:
             return EndOfData(self._data_size, problem)
         return EndOfChunk(self._data_size, problem)
+
+    def _chunk_line_ends(self, piece: bytes) -> bytes:
+        """Apply the bare-line-ending policy to BDAT content as to DATA's: without BINARYMIME
+        a chunk is still CRLF text (RFC 3030 §3), and a bare LF stored here would reach the
+        next hop's DATA stream, where a lax server may read it as a line end (SMTP smuggling).
+        A CRLF may be split between pieces or chunks, hence ``_chunk_cr``."""
+        carried = self._chunk_cr
+        if self.limits.bare_line_endings is BareLineEndingPolicy.NORMALIZE:
+            if carried and piece.startswith(b"\n"):
+                piece = piece[1:]  # the CR before it was already sent on as CRLF
+            self._chunk_cr = piece.endswith(b"\r")
+            if b"\r" in piece or b"\n" in piece:
+                piece = _ANY_LINE_END.sub(b"\r\n", piece)
+            return piece
+        text = b"\r" + piece if carried else piece
+        self._chunk_cr = text.endswith(b"\r")
+        if self._chunk_cr:
+            text = text[:-1]
+        crlf = text.count(b"\r\n")
+        if text.count(b"\n") != crlf or text.count(b"\r") != crlf:
+            self._note_problem(R.BARE_LINE_ENDING)
+        return piece
 
     def _accept_content(self, piece: bytes) -> bytes:
         """Count ``piece`` against the size limit; return what should reach the driver."""
