@@ -29,29 +29,16 @@ from pathlib import Path
 import dkim
 import trio
 
+from plugins._dkim_dns import dnsfunc
 from trio_mta import hooks
 
 _KEYS = frozenset({"authserv_id", "minkey", "nameservers", "seal", "seal_on"})
 
 
-def _dnsfunc(dns: hooks.SyncDNS) -> object:
-    def lookup(name: bytes | str, timeout: float = 5) -> bytes | None:
-        text = name.decode() if isinstance(name, bytes) else name
-        try:
-            records = dns.txt(text.rstrip("."))
-        except hooks.NXDomain:
-            return None
-        except hooks.DNSError as exc:
-            raise dkim.DnsTimeoutError(str(exc)) from None
-        return records[0].encode() if records else None
-
-    return lookup
-
-
 def verify(dns: hooks.SyncDNS, message: bytes, minkey: int) -> tuple[str, str]:
     """(chain validation result, reason) (run in a worker thread)."""
     try:
-        cv, _results, reason = dkim.ARC(message, minkey=minkey).verify(dnsfunc=_dnsfunc(dns))
+        cv, _results, reason = dkim.ARC(message, minkey=minkey).verify(dnsfunc=dnsfunc(dns))
     except dkim.DnsTimeoutError as exc:
         return "temperror", str(exc)
     except dkim.DKIMException as exc:

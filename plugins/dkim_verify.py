@@ -19,6 +19,7 @@ import re
 
 import dkim
 
+from plugins._dkim_dns import dnsfunc
 from trio_mta import hooks
 
 _TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)", re.IGNORECASE)
@@ -29,25 +30,6 @@ def tags(value: bytes) -> dict[str, str]:
         k.decode().lower(): re.sub(rb"\s+", b"", v).decode("ascii", "replace")
         for k, v in _TAG.findall(value)
     }
-
-
-def dnsfunc(dns: hooks.SyncDNS) -> object:
-    """dkimpy's ``dnsfunc(name, timeout=5)`` answered by ``dns`` (None: no such key)."""
-
-    def lookup(name: bytes | str, timeout: float = 5) -> bytes | None:
-        text = name.decode() if isinstance(name, bytes) else name
-        try:
-            records = dns.txt(text.rstrip("."))
-        except hooks.NXDomain:
-            return None
-        except hooks.DNSError as exc:
-            raise dkim.DnsTimeoutError(str(exc)) from None
-        for record in records:
-            if "p=" in record:
-                return record.encode()
-        return records[0].encode() if records else None
-
-    return lookup
 
 
 def verify_all(dns: hooks.SyncDNS, message: bytes, minkey: int) -> list[dict[str, str]]:

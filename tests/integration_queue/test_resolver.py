@@ -60,3 +60,16 @@ async def test_the_next_nameserver_answers_when_the_first_is_silent(dnsmasq: Dns
     r = DNSResolver([dark, ("127.0.0.1", dnsmasq.port)], try_interval=0.2)
     with trio.fail_after(CAP):
         assert await r.a("implicit.test") == ["127.0.0.6"]
+
+
+@pytest.mark.parametrize(
+    "name", ["\ufffd(.example", "a" * 64 + ".example", "a..example", "x." * 130 + "example"]
+)
+async def test_a_name_that_cannot_exist_is_nxdomain_without_asking(name: str) -> None:
+    # A server that never answers: only an answer given without asking can come back in time.
+    dark = ("127.0.0.1", free_port("127.0.0.1"))
+    r = DNSResolver([dark], try_interval=5.0)
+    with trio.fail_after(1):
+        for lookup in (r.mx, r.a, r.aaaa, r.txt):
+            with pytest.raises(NXDomain):
+                await lookup(name)

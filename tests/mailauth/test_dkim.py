@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import dkim
@@ -133,3 +134,17 @@ def test_sign_config_errors(tmp_path: Path) -> None:
             {"dkim_sign": {"domains": {"a.test": {"selector": "s", "key": "nope.key"}}}},
             config_dir=tmp_path,
         )
+
+
+async def test_signatures_naming_impossible_keys_fail_without_crashing(
+    dnsmasq: DNS, keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, signed = await sign(tmp_path, keys)
+    for selector in (b"s=\xff\xfe;", b"s=" + b"x" * 64 + b";", b"s=a..b;"):
+        notes = await verify(dnsmasq, signed.replace(b"s=s1;", selector))
+        results = sorted(n["result"] for n in notes)
+        assert results[0] in ("fail", "neutral", "permerror")
+        assert results[1] == "pass"
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("trio_mta")
+    ]

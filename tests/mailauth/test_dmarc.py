@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
+
+import pytest
 
 from tests.mailauth.conftest import DNS, Keys
 from tests.mailauth.kit import plugins, receive
@@ -158,3 +161,23 @@ async def test_forged_authentication_results_for_us_are_removed(
     assert len(ours) == 1
     assert AR_SYNTAX.match(ours[0])
     assert out.index(b"mx.example.test; spf=") < out.index(b"upstream.example")
+
+
+async def test_a_from_domain_that_cannot_exist_is_no_policy_not_a_crash(
+    dnsmasq: DNS, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Undecodable bytes and a 64-octet label: no DNS name, so no record (NXDOMAIN), and the
+    # chain must reach its verdict without any plugin failing on the way.
+    run = plugins(CHAIN, dnsmasq.resolver(), var_dir=tmp_path)
+    for from_header in (
+        b"From: \xff\xfe@\xc3(\r\n",
+        ("From: a@" + "b" * 64 + ".test\r\n").encode(),
+    ):
+        data = from_header + b"Subject: hi\r\n\r\nbody\r\n"
+        conn, _, reply = await receive(run, data, ip="192.0.2.9")
+        assert reply is None
+        assert conn.transaction is not None
+        assert conn.transaction.notes["dmarc"]["result"] == "none"
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("trio_mta")
+    ]

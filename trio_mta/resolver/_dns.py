@@ -120,7 +120,12 @@ class DNSResolver:
         return [normalize_name(r.target.to_text()) for r in records if isinstance(r, PTRRecord)]
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[dns.rdata.Rdata]:
-        qname = dns.name.from_text(name)
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:
+            # Names come from mail (From: domains, HELO, SPF macros): one that cannot be a DNS
+            # name (bad IDNA, a 64-octet label, an empty label) exists nowhere, permanently.
+            raise NXDomain(f"{name[:100]!r}: not a valid domain name ({exc})") from None
         query = dns.message.make_query(qname, rdtype, use_edns=0, payload=_PAYLOAD)
         problems: list[str] = []
         for _ in range(self.tries):
