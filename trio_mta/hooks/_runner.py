@@ -18,7 +18,9 @@ cannot be cancelled); sandboxed ones go to the process pool, which kills the wor
 Cost: a chain whose plugins all have no ``await`` in their hook code (judged from the bytecode
 when loading) cannot block, so it runs with no cancel scope and no deadline at all; each call is
 one coroutine stepped once. Otherwise one cancel scope serves the chain and a call's deadline is
-armed only when it first blocks (counting from then).
+armed only when it first blocks, counting from the call's start. A call that returns after its
+deadline fired (it swallowed ``Cancelled``) has timed out: it is blamed, and the chain goes on
+in a fresh scope, so the next plugin never meets a cancelled one.
 
 The task's ``current_runner`` context variable leads the loop watchdog to this runner, whose
 ``active`` and ``last`` entries name whoever held the event loop (a hook that blocks and returns
@@ -166,6 +168,7 @@ class HookRunner:
         # on, if it does, in a fresh one.
         index = 0
         while index < len(entries):
+            swallowed = False
             with trio.CancelScope() as scope:
                 while index < len(entries):
                     entry = entries[index]
@@ -173,13 +176,19 @@ class HookRunner:
                     if self._skipped(entry, conn):
                         continue
                     result = await self._call(entry, conn, args, scope)
+                    if scope.cancel_called:
+                        # The call's deadline fired, yet it returned: the plugin swallowed
+                        # its Cancelled. It timed out all the same, and it is the one to
+                        # blame (the next plugin would meet the cancelled scope at once).
+                        swallowed = True
+                        break
                     if (
                         stop
                         and result.action is not Action.CONT
                         and await self._decides(hook, entry, conn, result)
                     ):
                         return result, entry.plugin.name
-            if not scope.cancelled_caught:
+            if not (swallowed or scope.cancelled_caught):
                 break
             result = self._timed_out(entries[index - 1], conn)
             if stop and await self._decides(hook, entries[index - 1], conn, result):
@@ -282,11 +291,15 @@ class HookRunner:
 
     def _timed_out(self, entry: HookEntry, conn: Connection) -> Result:
         log.warning(
-            "conn=%s plugin %s timed out on %s after %.3gs",
+            "conn=%s plugin %s timed out on %s after %.3gs%s",
             conn.id,
             entry.plugin.name,
             entry.hook,
             entry.timeout,
+            # What the timeout cost beyond the call: a killed worker, or a thread left running.
+            " (its sandbox worker killed)"
+            if entry.sandbox
+            else (" (its thread abandoned, still running)" if not entry.is_async else ""),
         )
         if self.observe is not None:
             self.observe(
@@ -327,7 +340,7 @@ class HookRunner:
             self.active = None
             self.last = entry
             self.last_finished = finished = time.perf_counter()
-        if observe is not None:
+        if observe is not None and not scope.cancel_called:  # else _timed_out reports it
             observe(
                 HookCall(
                     entry.hook, entry.plugin.name, result.action, finished - started, False, error
@@ -347,12 +360,15 @@ class HookRunner:
             # and those need no deadline (a call that never yields cannot be cancelled
             # anyway; the loop watchdog reports it). Only a call that blocks arms one, from
             # the moment it first blocks.
+            # The deadline counts from the call's start (docs/plugins.md): work done before
+            # the first await is part of the call's time.
+            started = trio.current_time()
             coro: Coroutine[object, object, object] = entry.fn(conn, *args)  # type: ignore[assignment]
             try:
                 trap = coro.send(None)
             except StopIteration as stop:
                 return stop.value
-            scope.deadline = trio.current_time() + entry.timeout
+            scope.deadline = started + entry.timeout
             self._blocking_changed(True)
             try:
                 return await _finish(coro, trap)
