@@ -117,6 +117,18 @@ async def test_smtplib_message_too_long_line_is_refused(mta: RunningMTA) -> None
     assert all_messages(mta.var_dir) == []
 
 
+async def test_smtplib_998_octet_line_starting_with_a_dot_is_stored(mta: RunningMTA) -> None:
+    # smtplib dot-stuffs as Postfix's smtp(8) does: the line goes out as 999 octets + CRLF,
+    # which RFC 5321 §4.5.3.1.6 allows (the stuffing dot is not part of the text).
+    body = b"Subject: ruler\r\n\r\n." + b"-" * 997 + b"\r\nend\r\n"
+    with trio.fail_after(CAP):
+        results = await trio.to_thread.run_sync(
+            _smtplib_session, mta.host, mta.port, [("a@example.org", ["u@example.test"], body)]
+        )
+    assert results == [{}]
+    assert bodies_in(mta.var_dir, "example.test", "u") == [body]
+
+
 async def _swaks(mta: RunningMTA, data_file: Path, rcpt: str, *extra: str) -> str:
     assert SWAKS is not None
     result = await trio.run_process(

@@ -214,9 +214,45 @@ def test_text_line_limit_is_1000_with_crlf() -> None:
     assert end.problem == R.TEXT_LINE_TOO_LONG
 
 
-def test_dot_stuffed_line_counts_its_stuffing_dot() -> None:
-    _, end = deliver(b"." + b"x" * 998 + b"\r\n.\r\n")
+def test_stuffing_dot_is_not_counted_against_the_line_limit() -> None:
+    # RFC 5321 §4.5.3.1.6: the limit is on the text, "not counting the leading dot
+    # duplicated for transparency". A 998-octet line starting with "." arrives as 999 + CRLF.
+    text = b"." + b"x" * 997
+    msg, end = deliver(b"." + text + b"\r\n.\r\n")
+    assert (msg, end.problem) == (text + b"\r\n", None)
+
+
+def test_postfix_stuffed_998_octet_line_is_accepted() -> None:
+    # The wire bytes Postfix's smtp(8) sends for such a message (smtp_line_length_limit = 998
+    # leaves a 998-octet line whole; smtp_text_out doubles its leading dot).
+    long_dot_line = b"." + b"=" * 997
+    message = (
+        b"Received: by mail.example.org (Postfix, from userid 1000)\r\n"
+        b"\tid 4XyZ1a2b3c; Tue,  8 Dec 2026 00:00:00 +0000 (UTC)\r\n"
+        b"Subject: ruler\r\n\r\n" + long_dot_line + b"\r\n" + b"x" * 998 + b"\r\n"
+    )
+    wire = message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    assert b"\r\n" + b"." * 2 + b"=" * 997 + b"\r\n" in wire
+    msg, end = deliver(wire)
+    assert (msg, end.problem) == (message, None)
+
+
+def test_stuffed_line_over_the_limit_is_still_refused() -> None:
+    # 999 octets of text after the stuffing dot: one too many.
+    _, end = deliver(b".." + b"x" * 998 + b"\r\n.\r\n")
     assert end.problem == R.TEXT_LINE_TOO_LONG
+    # A line that does not start with a dot gets no allowance.
+    _, end = deliver(b"ok\r\nx" + b"." * 998 + b"\r\n.\r\n")
+    assert end.problem == R.TEXT_LINE_TOO_LONG
+
+
+def test_bdat_content_with_a_leading_dot_is_read_as_sent() -> None:
+    # BDAT content is never stuffed (RFC 3030), so nothing is unstuffed either.
+    content = b"." + b"x" * 998 + b"\r\n"
+    events, _ = assert_same_events(
+        ENVELOPE + b"BDAT %d LAST\r\n" % len(content) + content + b"NOOP\r\n"
+    )
+    assert message_of(events) == content
 
 
 def test_over_long_text_line_refused_after_the_end() -> None:

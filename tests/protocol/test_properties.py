@@ -21,6 +21,7 @@ from trio_mta.protocol import (
     ServerConnection,
     dot_stuff,
     parse_path,
+    replies,
 )
 
 from .support import ENVELOPE, client_replies, feed, message_of, normalize, run_session
@@ -272,6 +273,41 @@ def test_dot_stuff_output_has_exactly_one_terminator(body: bytes) -> None:
     wire = dot_stuff(body)
     assert (b"\r\n" + wire).count(b"\r\n.\r\n") == 1
     assert (b"\r\n" + wire).endswith(b"\r\n.\r\n")
+
+
+# A text line of the given length: it starts with a dot or not, with no CR or LF in it.
+def _text_line(length: int, dot: bool) -> bytes:
+    return (b"." if dot else b"") + b"t" * (length - dot)
+
+
+@SETTINGS
+@given(
+    text_line=st.integers(10, 60),
+    # Mostly near the limit (text_line - 2 octets of text), where an off-by-one would show.
+    sizes=st.lists(
+        st.tuples(st.one_of(st.integers(-3, 1), st.integers(-60, 10)), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    data=st.data(),
+)
+def test_line_limit_applies_to_the_text_not_the_stuffing(
+    text_line: int, sizes: list[tuple[int, bool]], data: st.DataObject
+) -> None:
+    """RFC 5321 §4.5.3.1.6: a message is accepted exactly when each line's text (what the
+    sender wrote, before dot-stuffing) fits in ``text_line`` octets with its CRLF, wherever
+    the packets were cut; the stuffing dot never counts."""
+    lengths = [(max(0, text_line - 2 + delta), dot) for delta, dot in sizes]
+    lines = [_text_line(n, dot) for n, dot in lengths if n or not dot]
+    body = b"".join(line + b"\r\n" for line in lines)
+    wire = ENVELOPE + b"DATA\r\n" + dot_stuff(body) + b"NOOP\r\n"
+    limits = ProtocolLimits(text_line=text_line)
+    events, _ = run_session(wire, mode=data.draw(cuts(wire)), limits=limits)
+    [end] = [e for e in events if isinstance(e, EndOfData)]
+    fits = all(len(line) + 2 <= text_line for line in lines)
+    assert end.problem is (None if fits else replies.TEXT_LINE_TOO_LONG)
+    if fits:
+        assert message_of(events) == body
 
 
 # -- (d) parse_path fails only with AddressError ------------------------------------------------

@@ -574,7 +574,7 @@ class ServerConnection:
     def _clean(self, portion: bytes) -> bytes:
         """Check and dot-unstuff whole lines (``portion`` ends with CRLF, starts a line)."""
         limit = self.limits.text_line - 2
-        if len(portion) > limit and max(map(len, portion.split(b"\r\n"))) > limit:
+        if len(portion) > limit and _longest_line(portion) > limit:
             self._note_problem(R.TEXT_LINE_TOO_LONG)
         crlf = portion.count(b"\r\n")
         if portion.count(b"\n") != crlf or portion.count(b"\r") != crlf:
@@ -589,6 +589,13 @@ class ServerConnection:
         if normalise:
             portion = _ANY_LINE_END.sub(b"\r\n", portion)
         return self._accept_content(portion)
+
+
+def _longest_line(portion: bytes) -> int:
+    """The longest line of ``portion`` as its sender wrote it: a leading dot is transparency
+    stuffing and not part of the text (RFC 5321 §4.5.3.1.6), so a 998-octet line that starts
+    with a dot may arrive as 999 octets plus CRLF."""
+    return max(len(line) - line.startswith(b".") for line in portion.split(b"\r\n"))
 
 
 # One table for the class, not one per connection (it is a per-connection cost otherwise).
