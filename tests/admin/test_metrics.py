@@ -3,20 +3,26 @@ what the test did."""
 
 from __future__ import annotations
 
+import platform
+import time
 from pathlib import Path
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+import trio_mta
 from tests.helpers.smtp import LineClient
 from trio_mta.admin import Metrics
 from trio_mta.events import (
+    Counters,
     Delivered,
     DeliveryDeferred,
     EventBus,
     LoopBlocked,
     PluginCalled,
 )
+from trio_mta.protocol import NEED_DATA, reply
+from trio_mta.server import CountedConnection
 
 from .kit import Daemon, admin_config, eventually, running, stalled_watcher, watching
 
@@ -47,6 +53,9 @@ async def test_metrics_parse_and_count_what_happened(tmp_path: Path) -> None:
             await client.command("RCPT TO:<x@elsewhere.example>", 550)
             await client.command("RCPT TO:<bob@example.test>", 250)
             await client.command("RSET", 250)
+            await client.command("MAIL FROM:<broken", 553)
+            await client.command("FROB", 500)
+            await client.command("NOOP", 250)
             await client.command("QUIT", 221)
             await client.stream.aclose()
             open_one = LineClient(await trio.open_tcp_stream(d.smtp.host, d.smtp.port))
@@ -59,10 +68,26 @@ async def test_metrics_parse_and_count_what_happened(tmp_path: Path) -> None:
     assert m[("trio_mta_connections_closed_total", (("reason", "quit"),))] == 3
     assert m[("trio_mta_transactions_total", (("outcome", "accepted"),))] == 2
     assert m[("trio_mta_transactions_total", (("outcome", "reset"),))] == 1
-    assert m[("trio_mta_replies_total", (("class", "2xx"), ("command", "rcpt")))] == 3
-    assert m[("trio_mta_replies_total", (("class", "5xx"), ("command", "rcpt")))] == 1
-    assert m[("trio_mta_replies_total", (("class", "2xx"), ("command", "data")))] == 2
-    assert m[("trio_mta_replies_total", (("class", "2xx"), ("command", "helo")))] == 3
+    replies = {
+        (dict(key)["stage"], dict(key)["code"]): value
+        for (name, key), value in m.items()
+        if name == "trio_mta_replies_total"
+    }
+    # Every reply sent, by stage and exact code: the banner, each command's, DATA's 354 too.
+    assert replies == {
+        ("connect", "220"): 4,
+        ("helo", "250"): 3,
+        ("mail", "250"): 3,
+        ("mail", "553"): 1,
+        ("rcpt", "250"): 3,
+        ("rcpt", "550"): 1,
+        ("data", "354"): 2,
+        ("data", "250"): 2,
+        ("rset", "250"): 1,
+        ("noop", "250"): 1,
+        ("unknown", "500"): 1,
+        ("quit", "221"): 3,
+    }
     assert m[("trio_mta_accepted_message_bytes_total", ())] > 0
     rcpt = (("hook", "rcpt"), ("plugin", "rcpt_to_host_list"))
     assert m[("trio_mta_plugin_duration_seconds_count", rcpt)] == 4
@@ -71,6 +96,36 @@ async def test_metrics_parse_and_count_what_happened(tmp_path: Path) -> None:
     assert m[("trio_mta_plugin_duration_seconds_count", queue)] == 2
     assert m[("trio_mta_queue_size", ())] == 0
     assert m[("trio_mta_event_subscribers", ())] == 0
+    # The process, the version and the uptime.
+    assert m[("trio_mta_build_info", (("python", platform.python_version()),
+                                      ("version", trio_mta.__version__)))] == 1  # fmt: skip
+    assert 0 <= m[("trio_mta_uptime_seconds", ())] < CAP
+    assert m[("trio_mta_start_time_seconds", ())] <= time.time()
+    assert m[("process_resident_memory_bytes", ())] > 0
+    assert m[("process_cpu_seconds_total", ())] > 0
+    assert m[("process_open_fds", ())] > 0
+    assert ("python_info", ()) not in m  # it has labels
+    assert any(name == "python_info" for name, _ in m)
+
+
+def test_every_reply_is_counted_by_the_stage_it_answers() -> None:
+    counters = Counters()
+    conn = CountedConnection(counters)
+    conn.send(reply(220, None, "banner"))
+    conn.receive_data(b"EHLO a.example\r\nMAIL FROM:<a@b.example>\r\nVRFY x\r\nAUTH PLAIN\r\n")
+    for code in (250, 250, 252, 503):
+        event = conn.next_event()
+        assert event is not NEED_DATA
+        conn.send(reply(code, None, "x"))
+    conn.send(reply(421, "4.4.2", "timeout"))  # nothing owed: the session's own reply
+    assert counters.replies == {
+        ("connect", 220): 1,
+        ("helo", 250): 1,
+        ("mail", 250): 1,
+        ("vrfy", 252): 1,
+        ("auth", 503): 1,
+        ("session", 421): 1,
+    }
 
 
 async def test_bus_drops_are_counted(tmp_path: Path) -> None:

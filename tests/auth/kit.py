@@ -19,10 +19,12 @@ from tests.helpers.config import make_config
 from tests.helpers.smtp import LineClient
 from trio_mta.app import load_plugin_set
 from trio_mta.config import AuthConfig, Config, ListenerConfig, ListenerKind
+from trio_mta.events import EventBus
 from trio_mta.hooks import HookRunner
 from trio_mta.protocol import ServerConnection
 from trio_mta.server import (
     ConnectionDriver,
+    CountedConnection,
     HookHandler,
     IdGenerator,
     Session,
@@ -144,6 +146,7 @@ async def start(
     failures: AuthFailures | None = None,
     tls: str | None = None,
     ip: str = "192.0.2.10",
+    bus: EventBus | None = None,
 ) -> AuthHarness:
     """A driver on the config's only listener; ``tls`` pretends TLS is active (its version)."""
     server_end, client_end = trio.testing.memory_stream_pair()
@@ -165,9 +168,12 @@ async def start(
         config,
         handler,
         IdGenerator(),
-        ServerConnection(protocol_limits(config), tls=tls is not None),
+        CountedConnection(bus.counters, protocol_limits(config), tls=tls is not None)
+        if bus is not None
+        else ServerConnection(protocol_limits(config), tls=tls is not None),
         is_closing=trio.Event(),
         auth_failures=failures,
+        bus=bus,
     )
     finished = trio.Event()
 

@@ -7,8 +7,13 @@ state: each app has its own ``CollectorRegistry`` holding its own ``Metrics``. S
 from the bus's ``counters`` (bumped whether or not anyone watches, without building events);
 plugin, watchdog and delivery counts from the events themselves (``on_event`` is a bus tap).
 
-Label values are bounded: connection close reasons are reduced to their first word, reply codes
-to their class (2xx, 4xx, 5xx), plugins and hooks are the configured ones.
+Label values are bounded: connection close reasons are reduced to their first word, replies are
+counted by stage (a fixed set, see ``server._counted``) and code (three digits), plugins and hooks
+are the configured ones.
+
+Process metrics (CPU, memory, open files, start time: ``process_*``) and the Python platform
+(``python_info``) come from prometheus-client's own collectors, registered in this app's registry;
+``trio_mta_build_info`` carries the version and ``trio_mta_uptime_seconds`` the time since start.
 
 Plugin durations come from ``plugin.call`` events, which exist only while plugin observation is
 on. To keep the histograms consistent they are counted only with ``[admin] plugin_metrics``
@@ -20,9 +25,15 @@ The queue feeds ``queue_size`` (a callable, set when the queue starts) and deliv
 from __future__ import annotations
 
 import bisect
+import platform
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -30,6 +41,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .. import __version__
 from ..events import (
     Delivered,
     DeliveryAttempted,
@@ -83,8 +95,11 @@ class Metrics:
         self.plugin_errors: dict[tuple[str, ...], int] = {}
         self.loop_blocked: dict[tuple[str, ...], int] = {}
         self.deliveries: dict[tuple[str, ...], int] = {}
+        self.started = bus.clock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         # Plugin calls only with plugin metrics on: a tapped kind is built at once on the SMTP
         # path instead of being deferred to the watchers' batches.
         kinds = (PluginCalled,) if plugin_metrics else ()
@@ -119,6 +134,18 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         c = self.bus.counters
+        info = GaugeMetricFamily(
+            "trio_mta_build_info", "The running version (always 1)", labels=["version", "python"]
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "trio_mta_start_time_seconds", "When the daemon started (Unix time)", self.started
+        )
+        yield GaugeMetricFamily(
+            "trio_mta_uptime_seconds", "Seconds since the daemon started",
+            max(0.0, self.bus.clock() - self.started),
+        )  # fmt: skip
         yield _counter("trio_mta_connections", "SMTP connections accepted", ["listener"],
                        {(k,): v for k, v in c.connections.items()})  # fmt: skip
         yield _counter("trio_mta_connections_closed", "SMTP connections closed, by reason",
@@ -127,13 +154,10 @@ class Metrics:
         yield _counter("trio_mta_transactions", "SMTP transactions ended, by outcome",
                        ["outcome"], {(k,): v for k, v in c.transactions.items()})  # fmt: skip
         replies: dict[tuple[str, ...], int] = {
-            (command, f"{index}xx"): count
-            for command, counts in c.replies.items()
-            for index, count in enumerate(counts)
-            if count
+            (stage, str(code)): count for (stage, code), count in c.replies.items()
         }
-        yield _counter("trio_mta_replies", "SMTP replies, by command and code class",
-                       ["command", "class"], replies)  # fmt: skip
+        yield _counter("trio_mta_replies", "SMTP replies sent, by stage and code",
+                       ["stage", "code"], replies)  # fmt: skip
         yield CounterMetricFamily("trio_mta_accepted_message_bytes",
                                   "Octets of accepted messages", c.accepted_bytes)  # fmt: skip
         histogram = HistogramMetricFamily(

@@ -2,7 +2,8 @@
 
 They feed ``/metrics`` without any event being built: a few integer additions per transaction
 are the whole cost of metrics on an unwatched daemon. Keys are bounded: listener names, close
-reasons reduced to their first word, outcomes, commands, and reply codes by class.
+reasons reduced to their first word, outcomes, and replies by SMTP stage and code (``server``'s
+``CountedConnection`` counts every reply it sends).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ class Counters:
         self.open = 0
         self.closed: dict[str, int] = {}  # by the first word of the close reason
         self.transactions: dict[str, int] = {}  # by outcome
-        self.replies: dict[str, list[int]] = {}  # command -> counts by code // 100
+        self.replies: dict[tuple[str, int], int] = {}  # (stage, code) -> replies sent
         self.accepted_bytes = 0
 
     def connection_opened(self, listener: str) -> None:
@@ -33,8 +34,6 @@ class Counters:
         if outcome == "accepted":
             self.accepted_bytes += size
 
-    def reply(self, command: str, code: int) -> None:
-        counts = self.replies.get(command)
-        if counts is None:
-            counts = self.replies[command] = [0] * 6
-        counts[code // 100] += 1
+    def reply(self, stage: str, code: int) -> None:
+        key = (stage, code)
+        self.replies[key] = self.replies.get(key, 0) + 1

@@ -1,5 +1,6 @@
 """Inbound SMTP: listeners, the per-connection Trio driver, phase deadlines, limits."""
 
+from ._counted import CountedConnection as CountedConnection
 from ._driver import ConnectionDriver as ConnectionDriver
 from ._handler import SessionHandler as SessionHandler
 from ._hooked import HookHandler as HookHandler

@@ -31,8 +31,9 @@ import trio
 
 from ..config import BareLineEndings, Config, ListenerConfig, ListenerKind
 from ..events import EventBus
-from ..protocol import BareLineEndingPolicy, ProtocolLimits, ServerConnection
+from ..protocol import BareLineEndingPolicy, ProtocolLimits
 from ._auth import AuthFailures
+from ._counted import CountedConnection
 from ._driver import ConnectionDriver
 from ._handler import SessionHandler
 from ._hangup import HangupSweep
@@ -242,7 +243,7 @@ class SMTPServer:
             self.config,
             self.handler_factory(),
             self.ids,
-            ServerConnection(self.limits, tls=implicit_tls),
+            CountedConnection(self.bus.counters, self.limits, tls=implicit_tls),
             is_closing=self.closing,
             nursery=nursery,
             hangups=self.hangups,

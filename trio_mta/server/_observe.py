@@ -80,7 +80,6 @@ def tls_started(bus: EventBus, s: Session) -> None:
 def auth_attempted(bus: EventBus, s: Session, mechanism: str | None, answer: Reply) -> None:
     """An AUTH exchange ended (not a 334 challenge). Never carries credentials; the user only
     when it succeeded."""
-    bus.counters.reply("auth", answer.code)
     if not bus.active:
         return
     success = answer.code == 235
@@ -98,7 +97,6 @@ def auth_attempted(bus: EventBus, s: Session, mechanism: str | None, answer: Rep
 
 
 def helo_received(bus: EventBus, s: Session, event: Helo, answer: Reply) -> None:
-    bus.counters.reply("helo", answer.code)
     if not bus.active:
         return
     bus.defer(HeloReceived, _helo, (bus.clock(), s.id, s.client_ip, event, answer))
@@ -109,7 +107,6 @@ def _helo(ts: float, conn: str, ip: str, event: Helo, answer: Reply) -> tuple[ob
 
 
 def mail_received(bus: EventBus, s: Session, answer: Reply) -> None:
-    bus.counters.reply("mail", answer.code)
     txn = s.transaction
     if txn is None or not bus.active:
         return
@@ -123,7 +120,6 @@ def _mail(
 
 
 def rcpt_received(bus: EventBus, s: Session, event: RcptTo, answer: Reply) -> None:
-    bus.counters.reply("rcpt", answer.code)
     if not bus.active:
         return
     txn = s.transaction
@@ -164,8 +160,6 @@ def transaction_ended(
     size = txn.notes.get("size", 0)
     size = size if isinstance(size, int) else 0
     bus.counters.transaction_ended(outcome, size)
-    if answer is not None:
-        bus.counters.reply("data", answer.code)
     if not (bus.active or bus.retain):  # kept for replay even unwatched: one per transaction
         return
     reply = reply_text(answer) if answer is not None else _why(outcome, detail)
