@@ -5,10 +5,12 @@ Config (``conf/plugins/auth_flat_file.toml``):
 
 ``users_file`` (default ``"auth_users"``)
     One ``user:scrypt$...`` line per user, relative to the configuration directory. Write it
-    with ``trio-mta passwd [--file F] USER``. Blank lines and ``#`` comments are allowed. The
-    file must exist and be well formed when the plugin loads; afterwards it is re-read whenever
-    its modification time or size changes (no reload needed after ``trio-mta passwd``). A
-    re-read that fails is logged and the previous version stays in use.
+    with ``trio-mta passwd [--file F] USER``. Blank lines and ``#`` comments are allowed. A file
+    that does not exist yet means no users (every login fails until ``trio-mta passwd`` creates
+    it), so the shipped configuration can load this plugin before anyone has a password. A file
+    that exists must be well formed when the plugin loads; afterwards it is re-read whenever
+    its modification time or size changes, or it appears (no reload needed after ``trio-mta
+    passwd``). A re-read that fails is logged and the previous version stays in use.
 
 Verdicts on the ``auth`` hook: the right password → OK; a wrong one → DENY (535 5.7.8); a user
 not in the file → CONT, so a later auth plugin may know them (if none does, the server answers
@@ -45,6 +47,8 @@ class Plugin(hooks.Plugin):
             raise ValueError("users_file: must be a path")
         base = self.env.config_dir if self.env.config_dir is not None else Path.cwd()
         self.path = base / name
+        if not self.path.parent.is_dir():  # a typo, not a file still to be written
+            raise ValueError(f"users_file {str(self.path)!r}: No such file or directory")
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self.users: dict[str, str] = {}
@@ -52,11 +56,21 @@ class Plugin(hooks.Plugin):
             self._reload()
         except (OSError, ValueError) as exc:
             raise ValueError(f"users_file {str(self.path)!r}: {exc}") from None
+        if self._stamp is None:
+            self.log.info(
+                "users_file %s does not exist yet: no users until `trio-mta passwd` adds one",
+                self.path,
+            )
         # Checked against when the user is unknown, so that costs as much as a known user.
         self._dummy = hooks.hash_password(os.urandom(16).hex())
 
     def _reload(self) -> None:
-        st = self.path.stat()
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            # Not written yet (or removed): nobody can log in. A file that appears later is read.
+            self.users, self._stamp = {}, None
+            return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return

@@ -37,6 +37,7 @@ from .server import (
     PluginHost,
     SMTPServer,
     TlsProvider,
+    auth_warnings,
     plugin_observer,
     slow_step_reporter,
 )
@@ -162,6 +163,8 @@ async def run(
     spill_dir = config.server.var_dir / "tmp"
     spill_dir.mkdir(exist_ok=True)
     plugins = load_plugin_set(config)
+    for line in auth_warnings(config, plugins):
+        log.warning("%s", line)
     tls = TlsProvider.from_config(config)  # may generate the first-run certificate
     with (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
@@ -242,3 +245,6 @@ async def _reload(config: Config, host: PluginHost, tls: TlsProvider | None = No
         await plugins.shutdown()
         return
     log.info("reload: plugin generation %d in service", plugins.generation)
+    # The listeners are the running ones (they need a restart); the plugins are new.
+    for line in auth_warnings(config, plugins):
+        log.warning("%s", line)

@@ -17,7 +17,7 @@ from . import __version__, app, queue
 from .admin import AdminSetupError, add_watch_parser
 from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
 from .hooks import PluginLoadError, check_username, hash_password, parse_users, update_users
-from .server import BoundListener, TlsSetupError
+from .server import BoundListener, TlsSetupError, auth_warnings
 
 
 def _config_dir(value: str | None) -> Path | None:
@@ -83,7 +83,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(config_dir)
         # Loading the plugins also runs each plugin's own validation of its settings.
-        app.load_plugin_set(config)
+        plugins = app.load_plugin_set(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -91,6 +91,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{config_dir or 'embedded defaults'}: plugins: {exc}", file=sys.stderr)
         return 1
     where = config_dir if config_dir is not None else "embedded defaults"
+    # Legal but useless (a submission port where nobody can log in): said, not refused.
+    for line in auth_warnings(config, plugins):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"configuration OK ({where})")
     return 0
 

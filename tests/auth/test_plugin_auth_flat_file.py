@@ -99,7 +99,7 @@ def test_relative_path_is_relative_to_the_config_dir(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "why"),
     [
-        ({"users_file": "/nonexistent/auth_users"}, "No such file"),
+        ({"users_file": "/nonexistent/auth_users"}, "No such file or directory"),
         ({"users_file": 7}, "users_file: must be a path"),
         ({"users": "x"}, "unknown keys ['users']"),
     ],
@@ -118,3 +118,15 @@ def test_malformed_file_is_a_load_error(tmp_path: Path) -> None:
 
 def test_shipped_config_is_the_default() -> None:
     assert shipped_config("auth_flat_file") == {"users_file": "auth_users"}
+
+
+async def test_a_missing_file_means_no_users_until_it_appears(tmp_path: Path) -> None:
+    # The shipped configuration loads this plugin before `trio-mta passwd` made any user.
+    path = tmp_path / "auth_users"
+    run = runner("auth_flat_file", {"users_file": str(path)})
+    alice = hooks.Credentials("PLAIN", "alice", password="s3cret")
+    assert await verdict(run, alice) is hooks.Action.CONT
+    users_file(tmp_path, alice="s3cret")
+    assert await verdict(run, alice) is hooks.Action.OK
+    path.unlink()  # removing the file locks everybody out again
+    assert await verdict(run, alice) is hooks.Action.CONT

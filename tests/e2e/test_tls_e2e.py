@@ -3,91 +3,21 @@ self-signed certificate made on first run, reused after), and SIGHUP swaps certi
 
 from __future__ import annotations
 
-import shutil
 import signal
 import smtplib
 import ssl
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
-import pytest
 import trio
 import trustme
 
-from tests.conftest import REPO
+from .confdaemon import CAP, shipped_conf, unverified
+from .confdaemon import ConfDaemon as TlsDaemon
+from .confdaemon import daemons as daemons  # the fixture
+from .confdaemon import start as _start
+from .confdaemon import stop as _stop
 
-from .conftest import daemon_command
-
-CAP = 30  # seconds, real time
-
-
-@attrs.define
-class TlsDaemon:
-    process: trio.Process
-    addresses: dict[str, int]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text("utf-8", "replace")
-
-
-@pytest.fixture
-async def daemons(tmp_path: Path) -> AsyncIterator[list[TlsDaemon]]:
-    started: list[TlsDaemon] = []
-    yield started
-    for daemon in started:
-        if daemon.process.returncode is None:
-            daemon.process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
-                await daemon.process.wait()
-        if daemon.process.returncode is None:
-            daemon.process.kill()
-            await daemon.process.wait()
-
-
-async def _start(daemons: list[TlsDaemon], config_dir: Path, var_dir: Path, log: Path) -> TlsDaemon:
-    """The daemon on the listeners its configuration names (no --listen override)."""
-    args = ["run", "--config", str(config_dir), "--var-dir", str(var_dir)]
-    with log.open("wb") as log_file:
-        process = await trio.lowlevel.open_process(
-            daemon_command(*args),
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            stdin=subprocess.DEVNULL,
-            cwd=str(log.parent),
-        )
-    daemon = TlsDaemon(process, {}, log)
-    daemons.append(daemon)
-    assert process.stdout is not None
-    line = b""
-    with trio.fail_after(CAP):
-        while b"\n" not in line:
-            chunk = await process.stdout.receive_some(4096)
-            if not chunk:
-                await process.wait()
-                pytest.fail(f"daemon exited ({process.returncode}):\n{daemon.log_text()}")
-            line += chunk
-    words = line.split(b"\n", 1)[0].decode().split()
-    assert words[:2] == ["trio-mta", "ready"], line
-    for word in words[2:]:
-        name, _, address = word.partition("=")
-        daemon.addresses[name] = int(address.rpartition(":")[2])
-    return daemon
-
-
-async def _stop(daemon: TlsDaemon) -> None:
-    daemon.process.send_signal(signal.SIGTERM)
-    with trio.fail_after(CAP):
-        assert await daemon.process.wait() == 0
-
-
-def _unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+_unverified = unverified
 
 
 def _implicit_cert(port: int, ctx: ssl.SSLContext) -> bytes:
@@ -122,14 +52,7 @@ def _der(pem: Path) -> bytes:
 async def test_shipped_conf_runs_out_of_the_box_with_a_generated_certificate(
     daemons: list[TlsDaemon], tmp_path: Path
 ) -> None:
-    conf = tmp_path / "conf"
-    shutil.copytree(REPO / "conf", conf)
-    toml = conf / "trio-mta.toml"
-    text = toml.read_text()
-    for port in ("2525", "5587", "5465"):
-        assert f'listen = "127.0.0.1:{port}"' in text
-        text = text.replace(f'listen = "127.0.0.1:{port}"', 'listen = "127.0.0.1:0"')
-    toml.write_text(text)
+    conf = shipped_conf(tmp_path / "conf")
     var = tmp_path / "var"
     daemon = await _start(daemons, conf, var, tmp_path / "first.log")
     assert set(daemon.addresses) == {"mx", "submission", "smtps"}

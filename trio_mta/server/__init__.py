@@ -10,6 +10,7 @@ from ._listen import protocol_limits as protocol_limits
 from ._observe import plugin_observer as plugin_observer
 from ._observe import slow_step_reporter as slow_step_reporter
 from ._pluginhost import PluginHost as PluginHost
+from ._preflight import auth_warnings as auth_warnings
 from ._session import IdGenerator as IdGenerator
 from ._session import Session as Session
 from ._session import Transaction as Transaction
