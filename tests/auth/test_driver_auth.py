@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
+from trio_mta.config import Config
 from trio_mta.server._auth import AuthFailures
 
 from .kit import USERS, auth_config, b64, cram_response, plain, start
@@ -268,3 +270,49 @@ async def test_secrets_never_reach_the_log(
         assert secret not in text
         for record in caplog.records:
             assert secret not in repr(record.args)
+
+
+def _timeouts(config: Config, command: float) -> Config:
+    return attrs.evolve(config, timeouts=attrs.evolve(config.timeouts, command=command))
+
+
+async def test_each_continuation_line_has_the_command_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = _timeouts(auth_config(tmp_path, plaintext=True), 11)
+    with trio.fail_after(CAP):
+        h = await start(nursery, config)
+        await h.ehlo()
+        await h.client.command("AUTH LOGIN", 334)
+        await trio.sleep(10)
+        await h.client.command(b64("bob"), 334)
+        await trio.sleep(10)
+        await h.client.command(b64(USERS["bob"]), 235, "2.7.0")
+    assert h.session.auth_user == "bob"
+
+
+async def test_trickled_continuation_line_is_cut_at_the_command_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = _timeouts(auth_config(tmp_path, plaintext=True), 11)
+    with trio.fail_after(CAP):
+        h = await start(nursery, config)
+        await h.ehlo()
+        await h.client.command("AUTH LOGIN", 334)
+        asked = trio.current_time()
+        line = (b64("bob") + "\r\n").encode()
+
+        async def trickle() -> None:
+            for i in range(len(line)):
+                await trio.sleep(3)
+                await h.client.send(line[i : i + 1])
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(trickle)
+            answer = await h.client.reply()
+            inner.cancel_scope.cancel()
+        assert answer.code == 421
+        assert answer.raw.endswith(b"Timeout (command), closing\r\n")
+        assert trio.current_time() == asked + 11
+        await h.client.expect_eof()
+    assert h.session.auth_user is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -243,3 +244,78 @@ async def test_a_slow_store_after_the_final_dot_is_not_cut_by_the_data_deadlines
         assert h.elapsed() == started + 20
         await h.client.command("QUIT", 221)
     assert len(all_messages(tmp_path)) == 1
+
+
+# -- the command deadline covers the whole line (issue #16 hazard 2) ----------------------------
+
+
+async def _trickle(send: Callable[[bytes], Awaitable[None]], data: bytes, every: float) -> None:
+    """Send ``data`` one byte at a time, ``every`` seconds apart (the first after a wait)."""
+    for i in range(len(data)):
+        await trio.sleep(every)
+        await send(data[i : i + 1])
+
+
+async def test_trickled_command_is_cut_at_the_command_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # One byte every 4 s: each byte came well inside 11 s of the one before, but the line as a
+    # whole did not come within 11 s of our reply. Re-armed per byte, this client held the
+    # connection until the session cap.
+    config = make_config(tmp_path, timeouts={"banner": 7, "command": 11, "session": 1000})
+    with trio.fail_after(CAP):
+        h = await start_driver(nursery, config, autojump_clock)
+        await h.client.expect(220)
+        await h.client.command("EHLO client.example", 250)
+        replied = h.elapsed()
+        async with trio.open_nursery() as inner:
+            inner.start_soon(_trickle, h.client.send, b"MAIL FROM:<a@example.org>\r\n", 4)
+            answer = await h.client.reply()
+            inner.cancel_scope.cancel()
+        assert answer.raw == replies.timeout("command")
+        assert h.elapsed() == replied + 11
+        await h.client.expect_eof()
+        await h.finished.wait()
+    assert h.driver.close_reason == "timeout (command)"
+
+
+async def test_slow_but_whole_line_inside_the_deadline_is_answered(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, timeouts={"banner": 7, "command": 11, "session": 1000})
+    with trio.fail_after(CAP):
+        h = await start_driver(nursery, config, autojump_clock)
+        await h.client.expect(220)
+        await h.client.command("EHLO client.example", 250)
+        await _trickle(h.client.send, b"NOOP\r\n", 1.5)  # done at 9 s of 11
+        assert (await h.client.reply()).code == 250
+        # The next line gets its own 11 s, counted from that reply.
+        await trio.sleep(10)
+        await h.client.command("NOOP", 250)
+
+
+async def test_pipelined_group_is_answered_and_the_partial_tail_timed_from_our_reply(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, timeouts={"banner": 7, "command": 11, "session": 1000})
+    with trio.fail_after(CAP):
+        h = await start_driver(nursery, config, autojump_clock)
+        await h.client.expect(220)
+        await h.client.command("EHLO client.example", 250)
+        await trio.sleep(10)
+        # A whole pipelined group and the start of the next line, in one packet.
+        await h.client.send(
+            b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@exa"
+        )
+        assert (await h.client.reply()).code == 250
+        assert (await h.client.reply()).code == 250
+        replied = h.elapsed()
+        assert replied == 10
+        # The unfinished RCPT line is timed from the replies just sent, not from the EHLO
+        # reply (which would end at 11) nor from its last byte.
+        await trio.sleep(8)
+        await h.client.send(b"mple.test>\r\n")
+        assert (await h.client.reply()).code == 250
+        answer = await h.client.reply()
+        assert answer.raw == replies.timeout("command")
+        assert h.elapsed() == replied + 8 + 11

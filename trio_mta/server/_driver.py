@@ -7,9 +7,11 @@ The driver pumps bytes between a ``Transport`` and the sans-I/O ``ServerConnecti
 
 Deadlines: the whole connection runs inside one cancel scope whose deadline is re-armed before
 every read, to the earliest of the phase deadline (banner, command, data block), the DATA-total
-deadline while a message is being read, and the session cap. One scope re-armed is cheaper than a
-scope per read, and the phase recorded when arming names the one that fired: the client gets
-``421 4.4.2`` naming it, then the connection is closed.
+deadline while a message is being read, and the session cap. The banner and command deadlines
+are fixed per line (from the greeting, or from our previous reply, to the line's CRLF), so bytes
+that trickle in do not extend them; the data-block one is per read. One scope re-armed is
+cheaper than a scope per read, and the phase recorded when arming names the one that fired: the
+client gets ``421 4.4.2`` naming it, then the connection is closed.
 
 Pipelining (RFC 2920): replies accumulate in one buffer and are written only when the parser
 needs more input, so a pipelined group is answered with one write.
@@ -91,6 +93,7 @@ class ConnectionDriver:
         "_banner_deadline",
         "_bdat_refusal",
         "_blocked",
+        "_command_deadline",
         "_data_deadline",
         "_handshaking",
         "_implicit_tls",
@@ -171,6 +174,8 @@ class ConnectionDriver:
         self._t_block = t.data_block
         self._session_deadline = trio.current_time() + t.session
         self._data_deadline = math.inf
+        # Unset (inf) until the first read after a reply: the clock for the next command line.
+        self._command_deadline = math.inf
         self._banner_deadline = trio.current_time() + t.banner
         self._seen_command = False
         # A refusal of the first BDAT chunk is answered at the chunk's end (RFC 3030 §3).
@@ -189,7 +194,12 @@ class ConnectionDriver:
             if self._data_deadline < deadline:
                 phase, deadline = Phase.DATA_TOTAL, self._data_deadline
         elif self._seen_command:
-            phase, deadline = Phase.COMMAND, now + self._t_command
+            # One deadline for the whole line, from our last reply to its CRLF: re-arming it
+            # per read would let a client that trickles a byte at a time hold its slot until
+            # the session cap.
+            if self._command_deadline == math.inf:
+                self._command_deadline = now + self._t_command
+            phase, deadline = Phase.COMMAND, self._command_deadline
         else:
             phase, deadline = Phase.BANNER, self._banner_deadline
         if self._session_deadline < deadline:
@@ -350,6 +360,8 @@ class ConnectionDriver:
         max_errors = self.config.limits.max_unrecognized_commands
         while True:
             ev = conn.next_event()
+            if ev is not NEED_DATA:
+                self._command_deadline = math.inf  # a line is complete: the next one is timed anew
             if ev is NEED_DATA:
                 await self._flush()
                 if self.closing.is_set() and not conn.in_transaction:
@@ -377,6 +389,12 @@ class ConnectionDriver:
                     if refusal is not None:
                         self._bdat_refusal = refusal
                 continue
+            if self.phase is Phase.COMMAND:
+                # Answering gets the command budget again, as when the deadline was re-armed
+                # per read: a line that came in late must not leave its plugins no time.
+                self.scope.deadline = min(
+                    trio.current_time() + self._t_command, self._session_deadline
+                )
             self._seen_command = True
             answer = await self._dispatch(ev)
             # A transient refusal (452 for recipients past the limit) is flow control the
