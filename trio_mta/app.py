@@ -11,13 +11,13 @@ import gc
 import logging
 import math
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 import trio
 
+from . import logs
 from .admin import AdminServer, Metrics
 from .config import Config, ConfigError, load_config
 from .events import EventBus
@@ -125,12 +125,12 @@ def _needs_sandbox(plugins: PluginSet) -> bool:
 
 
 def setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log.level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    """The ``[log]`` format and destination for the whole process.
+
+    Raises:
+        LogSetupError: the log file or syslog socket cannot be opened.
+    """
+    logs.configure(config.log, config.server.var_dir)
 
 
 async def run(
@@ -167,7 +167,9 @@ async def run(
         log.warning("%s", line)
     tls = TlsProvider.from_config(config)  # may generate the first-run certificate
     with (
-        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
+        trio.open_signal_receiver(
+            signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1
+        ) as signals,
         watch_loop(config.plugins.watchdog_ms / 1000, slow_step_reporter(bus)),
     ):
         async with trio.open_nursery() as services:
@@ -201,8 +203,12 @@ async def run(
             task_status.started(bound)
             drained_by = math.inf
             async for signum in signals:
+                if signum in (signal.SIGHUP, signal.SIGUSR1) and logs.reopen():
+                    # logrotate renamed the file: the next line starts the new one.
+                    log.info("signal %s: log file reopened", signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
                     await _reload(config, host, tls)
+                if signum in (signal.SIGHUP, signal.SIGUSR1):
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)
                 drained_by = trio.current_time() + config.timeouts.drain

@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from . import __version__, app, queue
+from . import __version__, app, logs, queue
 from .admin import AdminSetupError, add_watch_parser
 from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
 from .hooks import PluginLoadError, check_username, hash_password, parse_users, update_users
@@ -57,7 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"trio-mta: {exc}", file=sys.stderr)
         return 2
-    app.setup_logging(config)
+    try:
+        app.setup_logging(config)
+    except logs.LogSetupError as exc:
+        print(f"trio-mta: {exc}", file=sys.stderr)
+        return 1
     try:
         trio.run(lambda: app.run(config, on_ready=_print_ready, tune_gc=True))
     except (PluginLoadError, TlsSetupError, AdminSetupError, OSError, ExceptionGroup) as exc:

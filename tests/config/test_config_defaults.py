@@ -32,6 +32,8 @@ def test_public_surface_is_curated() -> None:
         "ListenerConfig",
         "ListenerKind",
         "LogConfig",
+        "LogDestination",
+        "LogFormat",
         "PluginsConfig",
         "QueueConfig",
         "ResolverConfig",

@@ -144,8 +144,10 @@ def test_wrong_types(tmp_path: Path, toml: str, key: str, why: str) -> None:
         ("server", "banner", '"hi\\r\\n250 injected"', "printable ASCII"),
         ("server", "banner", '"caf\u00e9"', "printable ASCII"),
         ("server", "banner", f'"{"x" * 201}"', "at most 200 characters (got 201)"),
-        ("log", "level", '"info"', "must be one of DEBUG, INFO, WARNING, ERROR"),
-        ("log", "level", '"TRACE"', "must be one of"),
+        ("log", "level", '"TRACE"', "must be one of DEBUG, INFO, WARNING, ERROR"),
+        ("log", "format", '"xml"', 'expected one of "text", "json"'),
+        ("log", "destination", '"journal"', 'expected one of "stderr", "file", "syslog"'),
+        ("log", "syslog_facility", '"kern"', "must be one of mail, daemon"),
     ],
 )
 def test_out_of_range(tmp_path: Path, section: str, key: str, value: str, why: str) -> None:

@@ -98,7 +98,7 @@ async def test_run_refuses_a_port_in_use(tmp_path: Path) -> None:
     # such as the first-run TLS certificate's, come before it).
     lines = result.stderr.decode().splitlines()
     assert "Traceback (most recent call last):" not in lines
-    assert [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d ", line)] == [
+    assert [line for line in lines if not re.match(r"\d{4}-\d\d-\d\dT", line)] == [
         f"trio-mta: [Errno 98] listener 'mx' on 127.0.0.1:{port}: Address already in use"
     ]
 
@@ -188,6 +188,6 @@ async def test_run_with_a_plugin_that_cannot_start_exits_1_with_one_line(tmp_pat
     assert result.returncode == 1
     lines = result.stderr.decode().splitlines()
     assert "Traceback (most recent call last):" not in lines
-    assert [line for line in lines if not re.match(r"\d{4}-\d\d-\d\d ", line)] == [
+    assert [line for line in lines if not re.match(r"\d{4}-\d\d-\d\dT", line)] == [
         "trio-mta: plugin 'broken_start' failed to start: no database at /nowhere"
     ]

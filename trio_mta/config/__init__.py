@@ -22,6 +22,8 @@ from ._schema import Limits as Limits
 from ._schema import ListenerConfig as ListenerConfig
 from ._schema import ListenerKind as ListenerKind
 from ._schema import LogConfig as LogConfig
+from ._schema import LogDestination as LogDestination
+from ._schema import LogFormat as LogFormat
 from ._schema import PluginsConfig as PluginsConfig
 from ._schema import ServerConfig as ServerConfig
 from ._schema import Timeouts as Timeouts

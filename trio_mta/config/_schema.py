@@ -44,6 +44,23 @@ class ListenerKind(enum.Enum):
     SMTPS = "smtps"
 
 
+class LogFormat(enum.Enum):
+    TEXT = "text"  # time LEVEL logger message
+    JSON = "json"  # one JSON object per line
+
+
+class LogDestination(enum.Enum):
+    STDERR = "stderr"
+    FILE = "file"  # [log] file, reopened on SIGUSR1 and SIGHUP (logrotate)
+    SYSLOG = "syslog"  # [log] syslog_socket, a Unix datagram socket
+
+
+_SYSLOG_FACILITIES = (
+    "mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
+    "local6", "local7",
+)  # fmt: skip
+
+
 class BareLineEndings(enum.Enum):
     REJECT = "reject"
     NORMALIZE = "normalize"
@@ -123,6 +140,16 @@ def _check_listener_name(_inst: object, _attr: object, value: str) -> None:
             f"{value!r} is not a valid listener name (1-64 letters, digits, '_', '.', '-',"
             " starting with a letter or digit)"
         )
+
+
+def _upper(value: str) -> str:
+    # Level names are case-insensitive ("info", "Info"); a non-string is left to the validator.
+    return value.upper() if isinstance(value, str) else value
+
+
+def _check_facility(_inst: object, _attr: object, value: str) -> None:
+    if value not in _SYSLOG_FACILITIES:
+        raise ValueError(f"must be one of {', '.join(_SYSLOG_FACILITIES)} (got {value!r})")
 
 
 def _check_log_level(_inst: object, _attr: object, value: str) -> None:
@@ -270,8 +297,14 @@ class DataConfig:
 
 @attrs.frozen
 class LogConfig:
-    level: str = attrs.field(default="INFO", validator=_check_log_level)
+    level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     transaction_log: bool = True
+    format: LogFormat = LogFormat.TEXT
+    destination: LogDestination = LogDestination.STDERR
+    # destination = "file": relative paths are relative to [server] var_dir.
+    file: str = "trio-mta.log"
+    syslog_socket: str = "/dev/log"
+    syslog_facility: str = attrs.field(default="mail", validator=_check_facility)
 
 
 def _check_plugin_names(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
