@@ -316,3 +316,40 @@ async def test_trickled_continuation_line_is_cut_at_the_command_deadline(
         assert trio.current_time() == asked + 11
         await h.client.expect_eof()
     assert h.session.auth_user is None
+
+
+@pytest.mark.parametrize(
+    ("ip", "exempt", "tarpitted"),
+    [
+        ("127.0.0.1", None, False),  # the default exemptions: loopback
+        ("::1", None, False),
+        ("192.0.2.10", None, True),
+        ("127.0.0.2", ("127.0.0.1/32",), True),  # exemptions narrowed: loopback is no pass
+    ],
+)
+async def test_failure_tarpit_spares_exempt_networks(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    ip: str,
+    exempt: tuple[str, ...] | None,
+    tarpitted: bool,
+) -> None:
+    config = auth_config(tmp_path, plaintext=True, auth={"max_failures": 3})
+    if exempt is not None:
+        limits = attrs.evolve(config.limits, exempt_networks=exempt)
+        config = attrs.evolve(config, limits=limits)
+    with trio.fail_after(CAP):
+        h = await start(nursery, config, ip=ip)
+        await h.ehlo()
+        started = trio.current_time()
+        if tarpitted:
+            await h.client.command(f"AUTH PLAIN {plain(ALICE, 'nope')}", 535)
+            await h.client.command(f"AUTH PLAIN {plain(ALICE, 'nope')}", 535)
+            await h.client.command(f"AUTH PLAIN {plain(ALICE, 'nope')}", 421, "4.7.0")
+            assert trio.current_time() > started
+            return
+        for _ in range(10):  # a local test harness getting a password wrong, repeatedly
+            await h.client.command(f"AUTH PLAIN {plain(ALICE, 'nope')}", 535, "5.7.8")
+        assert trio.current_time() == started  # never delayed
+        await h.client.command(f"AUTH PLAIN {plain(ALICE, ALICE_PW)}", 235)

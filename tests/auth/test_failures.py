@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from trio_mta.config import AuthConfig
+from trio_mta.config import AuthConfig, Limits
 from trio_mta.protocol import Address
 from trio_mta.server import _auth
 from trio_mta.server._auth import AuthFailures, owns
+from trio_mta.server._exempt import Exemptions
 
 CONFIG = AuthConfig(max_failures=5, failure_window=100.0, failure_delay=1.0, max_failure_delay=8.0)
 
@@ -24,6 +25,22 @@ def test_counts_per_address_and_blocks_at_the_limit() -> None:
     assert failures.blocked("192.0.2.1", 5.0)
     assert not failures.blocked("192.0.2.2", 5.0)
     assert failures.count("192.0.2.2", 5.0) == 0
+
+
+def test_exempt_networks_are_never_counted_delayed_or_blocked() -> None:
+    loopback = Exemptions(Limits().exempt_networks)
+    failures = AuthFailures(CONFIG, exempt=loopback)
+    for ip in ("127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"):
+        assert [failures.record(ip, float(t)) for t in range(20)] == [0] * 20
+        assert not failures.blocked(ip, 20.0)
+        assert failures.delay(failures.count(ip, 20.0)) == 0
+    # Anyone else is still tarpitted.
+    assert [failures.record("192.0.2.1", t) for t in range(5)] == [1, 2, 3, 4, 5]
+    assert failures.blocked("192.0.2.1", 5.0)
+    only_one = AuthFailures(CONFIG, exempt=Exemptions(["127.0.0.1/32"]))
+    assert [only_one.record("127.0.0.2", t) for t in range(5)] == [1, 2, 3, 4, 5]
+    assert only_one.blocked("127.0.0.2", 5.0)
+    assert not only_one.blocked("127.0.0.1", 5.0)
 
 
 def test_the_window_runs_from_the_last_failure() -> None:

@@ -126,6 +126,9 @@ def test_wrong_types(tmp_path: Path, toml: str, key: str, why: str) -> None:
         ("limits", "auth_line", "0", "at least 1"),
         ("limits", "command_line", "63", "must be at least 64 (got 63)"),
         ("limits", "text_line", "79", "must be at least 80 (got 79)"),
+        ("limits", "exempt_networks", '["127.0.0.0/8", "10.0.0.1/8"]', "'10.0.0.1/8' is not a"),
+        ("limits", "exempt_networks", '["localhost"]', "'localhost' is not a network"),
+        ("limits", "exempt_networks", '"127.0.0.0/8"', "expected an array"),
         ("timeouts", "banner", "0", "must be greater than 0 seconds (got 0.0)"),
         ("timeouts", "command", "-1.5", "greater than 0"),
         ("timeouts", "data_block", "0.0", "greater than 0"),
@@ -161,6 +164,8 @@ def test_out_of_range(tmp_path: Path, section: str, key: str, value: str, why: s
     [
         ("limits", "command_line", "64"),
         ("limits", "text_line", "80"),
+        ("limits", "exempt_networks", "[]"),
+        ("limits", "exempt_networks", '["192.0.2.7", "2001:db8::/32"]'),
         ("timeouts", "greeting_delay", "0"),
         ("server", "hostname", f'"{"a" * 63}.test"'),
         ("server", "banner", '""'),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -13,7 +14,7 @@ def make_config(
     var_dir: Path,
     *,
     timeouts: dict[str, float] | None = None,
-    limits: dict[str, int] | None = None,
+    limits: dict[str, Any] | None = None,
     bare_line_endings: BareLineEndings = BareLineEndings.REJECT,
     fsync: bool = False,
 ) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -34,7 +35,9 @@ async def _quit(client: LineClient) -> None:
 
 
 async def test_third_connection_from_one_ip_is_refused(start_mta: StartMTA, var_dir: Path) -> None:
-    mta = await start_mta(make_config(var_dir, limits={"max_connections_per_ip": 2}))
+    # No exemptions: by default loopback clients are not held to the per-IP limit.
+    limits: dict[str, Any] = {"max_connections_per_ip": 2, "exempt_networks": ()}
+    mta = await start_mta(make_config(var_dir, limits=limits))
     with trio.fail_after(CAP):
         first = await mta.greeted()
         second = await mta.greeted()
@@ -75,6 +78,46 @@ async def test_connection_over_the_total_limit_is_refused(
         await _refused(mta)
         assert mta.server.statistics() == {"connections": 2, "clients": 2}
     assert len(bodies_in(mta.var_dir, "example.test", "b")) == 3
+
+
+async def test_sixty_loopback_connections_are_all_admitted_by_default(
+    start_mta: StartMTA, var_dir: Path
+) -> None:
+    # A local application load-testing its mail server is not a stranger (Postfix exempts
+    # $mynetworks): 60 > max_connections_per_ip = 50, and nobody gets 421.
+    mta = await start_mta(make_config(var_dir))
+    assert mta.config.limits.max_connections_per_ip == 50
+    greeted: list[LineClient] = []
+
+    async def one() -> None:
+        greeted.append(await mta.greeted())
+
+    with trio.fail_after(CAP):
+        async with trio.open_nursery() as nursery:
+            for _ in range(60):
+                nursery.start_soon(one)
+        assert len(greeted) == 60
+        assert mta.server.statistics() == {"connections": 60, "clients": 1}
+        await _deliver(greeted[-1], "sixtieth")
+        for client in greeted:
+            await _quit(client)
+
+
+async def test_addresses_outside_the_exemptions_are_still_limited(
+    start_mta: StartMTA, var_dir: Path
+) -> None:
+    limits: dict[str, Any] = {"max_connections_per_ip": 2, "exempt_networks": ["127.0.0.1/32"]}
+    mta = await start_mta(make_config(var_dir, limits=limits))
+    with trio.fail_after(CAP):
+        others = [await mta.greeted(local_ip=OTHER_IP) for _ in range(2)]
+        await _refused(mta, local_ip=OTHER_IP)
+        exempt = [await mta.greeted() for _ in range(5)]
+        await _deliver(exempt[-1], "exempt")
+        await _deliver(others[0], "other")
+        await _refused(mta, local_ip=OTHER_IP)
+        for client in [*others, *exempt]:
+            await _quit(client)
+    assert len(bodies_in(mta.var_dir, "example.test", "b")) == 2
 
 
 async def test_counts_return_to_zero_after_clients_leave(mta: RunningMTA) -> None:

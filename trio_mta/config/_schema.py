@@ -276,6 +276,23 @@ class Timeouts:
     greeting_delay: float = attrs.field(default=0.0, validator=_seconds(zero_ok=True))
 
 
+def _as_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _check_networks(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a network ({exc})") from None
+
+
+# Postfix exempts $mynetworks (by default the host's own) from its client limits: a local
+# application is not a stranger to be rationed.
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+
 @attrs.frozen
 class Limits:
     max_connections: int = attrs.field(default=1000, validator=_at_least(1))
@@ -288,6 +305,10 @@ class Limits:
     command_line: int = attrs.field(default=512, validator=_at_least(64))
     text_line: int = attrs.field(default=1000, validator=_at_least(80))
     auth_line: int = attrs.field(default=12288, validator=_at_least(1))
+    # Clients here are not held to max_connections_per_ip nor the AUTH failure tarpit.
+    exempt_networks: tuple[str, ...] = attrs.field(
+        default=LOOPBACK_NETWORKS, converter=_as_tuple, validator=_check_networks
+    )
 
 
 @attrs.frozen

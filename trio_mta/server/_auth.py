@@ -38,6 +38,7 @@ import trio
 from ..config import AuthConfig, Config, ListenerConfig, ListenerKind
 from ..hooks import Credentials
 from ..protocol import Address, Auth, AuthResponse, Reply, ServerConnection, reply
+from ._exempt import Exemptions
 from ._handler import SessionHandler
 from ._sasl import MECHANISMS, Challenge, Mechanism, SaslExchange
 from ._session import Session
@@ -60,8 +61,9 @@ MAX_TRACKED = 100_000  # client addresses remembered at once; the oldest go firs
 class AuthFailures:
     """Failed AUTH attempts per client address within a sliding window (one per server)."""
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, *, exempt: Exemptions | None = None) -> None:
         self.config = config
+        self.exempt = exempt if exempt is not None else Exemptions(())
         # key -> (failures, time of the last one); insertion order is the order of last failure
         self._seen: dict[str, tuple[int, float]] = {}
 
@@ -78,6 +80,8 @@ class AuthFailures:
         return str(address)
 
     def count(self, ip: str, now: float) -> int:
+        if ip in self.exempt:
+            return 0
         entry = self._seen.get(self.key(ip))
         if entry is None or now - entry[1] >= self.config.failure_window:
             return 0
@@ -87,7 +91,9 @@ class AuthFailures:
         return self.count(ip, now) >= self.config.max_failures
 
     def record(self, ip: str, now: float) -> int:
-        """Count one failure; return how many there are now."""
+        """Count one failure; return how many there are now (an exempt client's: none)."""
+        if ip in self.exempt:
+            return 0
         failures = self.count(ip, now) + 1
         key = self.key(ip)
         self._seen.pop(key, None)

@@ -62,6 +62,7 @@ from ..protocol import (
 from ..protocol import replies as R
 from . import _observe as observe
 from ._auth import AuthFailures, ConnectionAuth
+from ._exempt import Exemptions
 from ._handler import SessionHandler
 from ._hangup import HangupSweep
 from ._received import received_header
@@ -160,7 +161,10 @@ class ConnectionDriver:
         self.conn = conn
         # Failed AUTH attempts are counted per server (across connections) when it passes
         # its tracker; a driver on its own counts only its own.
-        failures = AuthFailures(config.auth) if auth_failures is None else auth_failures
+        if auth_failures is None:
+            exempt = Exemptions(config.limits.exempt_networks)
+            auth_failures = AuthFailures(config.auth, exempt=exempt)
+        failures = auth_failures
         self.auth = ConnectionAuth(session, config, handler, failures, conn)
         self.closing = is_closing
         self.scope = trio.CancelScope()

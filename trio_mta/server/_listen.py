@@ -35,6 +35,7 @@ from ..protocol import BareLineEndingPolicy, ProtocolLimits
 from ._auth import AuthFailures
 from ._counted import CountedConnection
 from ._driver import ConnectionDriver
+from ._exempt import Exemptions
 from ._handler import SessionHandler
 from ._hangup import HangupSweep
 from ._session import IdGenerator, Session
@@ -113,7 +114,11 @@ class SMTPServer:
         self.closing = trio.Event()
         self.stopped = trio.Event()
         self.limits = protocol_limits(config)
-        self.auth_failures = AuthFailures(config.auth)  # failed AUTH per client, all listeners
+        # Loopback by default: a local application may open as many connections as the
+        # global limit allows, and its failed logins are not tarpitted.
+        self.exempt = Exemptions(config.limits.exempt_networks)
+        # failed AUTH per client, all listeners
+        self.auth_failures = AuthFailures(config.auth, exempt=self.exempt)
         self.drivers: set[ConnectionDriver] = set()
         self.hangups = HangupSweep()
         self.per_ip: dict[str, int] = {}
@@ -193,7 +198,9 @@ class SMTPServer:
         ip = addr[0]
         limits = self.config.limits
         count = self.per_ip.get(ip, 0)
-        if self.active >= limits.max_connections or count >= limits.max_connections_per_ip:
+        if self.active >= limits.max_connections or (
+            count >= limits.max_connections_per_ip and ip not in self.exempt
+        ):
             log.info("ip=%s refused: connection limit (%d active)", ip, self.active)
             with contextlib.suppress(OSError):
                 client.send(_TOO_MANY, stdlib_socket.MSG_DONTWAIT)
