@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import trio
 import trio_websocket
 
 from .kit import admin_config, running
+from .outbound import DOMAIN, outbound_config, sink
 
 CAP = 40
 CHROMIUM = shutil.which("chromium")
@@ -170,3 +172,56 @@ async def test_headless_chromium_shows_a_row_for_a_message_sent_while_open(
     assert verdicts == ["plugin v-ok", "plugin v-ok"]
     assert isinstance(rate, int | float)
     assert rate > 0
+
+
+async def test_the_page_shows_deliveries_with_queue_id_host_reply_and_24_hour_times(
+    tmp_path: Path,
+) -> None:
+    with sink() as peer, trio.fail_after(CAP):
+        async with (
+            running(outbound_config(tmp_path / "var", peer)) as d,
+            chromium(tmp_path / "profile") as browser,
+        ):
+            await browser.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=1280, height=900, deviceScaleFactor=1, mobile=False,
+            )  # fmt: skip
+            await browser.call("Page.navigate", url=f"http://{d.base_url}/")
+            await browser.wait_for("document.body.dataset.state === 'connected'")
+            rcpts = (f"ok@{DOMAIN}", f"defer@{DOMAIN}", f"reject@{DOMAIN}")
+            answer = await d.send(f"a-rather-long-sender-name@{DOMAIN}", rcpts)
+            queue_id = answer.text.rsplit(" ", 1)[1]
+            rows = f"document.querySelectorAll('tr.dlv[data-queue-id=\"{queue_id}\"]')"
+            # The bounce is a message of its own (to the sender): this one's rows are 3.
+            outcomes = await browser.wait_for(
+                f"{rows}.length === 3 && Array.from({rows}).every(r => r.dataset.delivery) && "
+                f"Array.from({rows}).map(r => r.dataset.delivery).sort().join()"
+            )
+            cells = await browser.evaluate(
+                f"Array.from({rows}).map(r => Array.from(r.cells).map(c => c.textContent))"
+            )
+            titles = await browser.evaluate(f"Array.from({rows}).map(r => r.cells[0].title)")
+            width = await browser.evaluate("document.documentElement.scrollWidth")
+            tz = await browser.evaluate("document.getElementById('tz').textContent")
+    assert outcomes == "bounced,deferred,delivered"
+    assert isinstance(cells, list)
+    by_outcome = {row[8].split(" ")[0]: row for row in cells}
+    host = f"{peer.ip}[{peer.ip}]"
+    delivered = by_outcome["delivered"]
+    assert delivered[1] == queue_id
+    assert delivered[2] == host
+    assert delivered[5] == f"a-rather-long-sender-name@{DOMAIN}"
+    assert delivered[6] == f"ok@{DOMAIN}"
+    assert delivered[9] == "250 2.0.0 Accepted"
+    deferred = by_outcome["deferred"]
+    assert deferred[9].startswith("451 4.7.1 Greylisted, try again later; next ")
+    assert re.fullmatch(r".*; next \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", deferred[9])
+    assert by_outcome["bounced"][9] == "550 5.1.1 No such user here"
+    for row in cells:
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", row[0])  # 24-hour, never "12:31:43 AM"
+    assert isinstance(titles, list)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in titles)
+    assert isinstance(tz, str)
+    assert re.fullmatch(r"UTC[+-]\d\d:\d\d", tz)
+    assert isinstance(width, int)
+    assert width <= 1280  # the table fits the window: no horizontal scrolling

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import trio
@@ -17,11 +19,13 @@ from trio_mta.admin import WatchOptions, watch
 from trio_mta.admin._format import Style, format_event, format_transaction
 
 from .kit import admin_config, eventually, running
+from .outbound import DOMAIN, outbound_config, sink
 from .test_process import watcher_process_pids
 
 TOKEN = "s3cret-admin-token-0123"
 
 CAP = 20
+WORDS = ("delivered", "deferred", "bounced")
 GREEN = "\x1b[32m"
 
 END: dict[str, object] = {
@@ -77,7 +81,8 @@ async def test_watch_under_a_pty_prints_the_line_of_a_transaction(tmp_path: Path
                     chunk = await process.stderr.receive_some()
                     assert chunk, f"trio-mta watch exited: {hello.decode()}"
                     hello += chunk
-                assert f"watching {d.url('type=transaction.end')}".encode() in hello
+                default = "type=transaction.end%2Ctransaction.refused%2Cdelivery"
+                assert f"watching {d.url(default)}".encode() in hello
                 answer = await d.send("pty@example.org", ("bob@example.test",))
                 out = await _read_until(primary, b"\n")
             finally:
@@ -115,7 +120,12 @@ def test_the_line_for_each_outcome_and_colour_only_when_asked() -> None:
 
 
 def test_the_stream_url_carries_the_filters() -> None:
-    assert WatchOptions().stream_url() == "ws://127.0.0.1:8025/events?type=transaction.end"
+    summary = "transaction.end%2Ctransaction.refused%2Cdelivery"
+    assert WatchOptions().stream_url() == f"ws://127.0.0.1:8025/events?type={summary}"
+    outbound = WatchOptions(inbound=False).stream_url()
+    assert outbound == "ws://127.0.0.1:8025/events?type=delivery"
+    inbound = WatchOptions(follow=True, outbound=False).stream_url()
+    assert inbound == "ws://127.0.0.1:8025/events?type=transaction.end%2Ctransaction.refused"
     follow = WatchOptions(follow=True, ips=("10.0.0.0/8", "::1"), replay=5)
     assert follow.stream_url() == "ws://127.0.0.1:8025/events?ip=10.0.0.0%2F8%2C%3A%3A1&replay=5"
     options = WatchOptions(url="ws://[::1]:9/x?a=1", json=True, sender_domains=("a.example",))
@@ -198,3 +208,73 @@ async def test_watch_reconnect_does_not_retry_a_refusal(tmp_path: Path) -> None:
             assert await watch(options, io.StringIO(), err) == 1
     assert "refused (401)" in err.getvalue()
     assert "connecting again" not in err.getvalue()
+
+
+async def test_watch_outbound_shows_each_delivery_outcome_with_queue_id_host_and_reply(
+    tmp_path: Path,
+) -> None:
+    with sink() as peer, trio.fail_after(CAP):
+        async with running(outbound_config(tmp_path / "var", peer)) as d:
+            out = io.StringIO()
+            sent: list[str] = []
+
+            async def send_then_close(scope: trio.CancelScope) -> None:
+                await eventually(lambda: d.bus.active)
+                rcpts = (f"ok@{DOMAIN}", f"defer@{DOMAIN}", f"reject@{DOMAIN}")
+                answer = await d.send(f"sender@{DOMAIN}", rcpts)
+                sent.append(answer.text.rsplit(" ", 1)[1])
+                await eventually(lambda: all(w in out.getvalue() for w in WORDS))
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_then_close, nursery.cancel_scope)
+                options = WatchOptions(url=d.url(), inbound=False, color=False)
+                await watch(options, out, io.StringIO())
+    [queue_id] = sent
+    lines = {
+        word: [ln for ln in out.getvalue().splitlines() if f"  {word}  " in ln] for word in WORDS
+    }
+    host = f"host {peer.ip}[{peer.ip}]"
+    [delivered] = [ln for ln in lines["delivered"] if f"<ok@{DOMAIN}>" in ln]
+    assert f"  {queue_id}  delivered  <sender@{DOMAIN}> -> <ok@{DOMAIN}>  {host}  " in delivered
+    assert "250 2.0.0 Accepted  attempt 1, delay " in delivered
+    [deferred] = lines["deferred"]
+    assert f"{queue_id}  deferred  <sender@{DOMAIN}> -> <defer@{DOMAIN}>  {host}" in deferred
+    assert "451 4.7.1 Greylisted, try again later  attempt 1, delay " in deferred
+    # The next attempt as a full 24-hour local time: retry_first (600 s) from now.
+    next_at = deferred.rsplit("next ", 1)[1]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", next_at)
+    due = time.mktime(time.strptime(next_at, "%Y-%m-%d %H:%M:%S"))
+    assert 590 <= due - time.time() <= 610
+    [bounced] = lines["bounced"]
+    assert f"{queue_id}  bounced  <sender@{DOMAIN}> -> <reject@{DOMAIN}>  {host}" in bounced
+    assert "550 5.1.1 No such user here" in bounced
+    # The attempt itself, before its outcomes, with the host tried.
+    assert f"{queue_id}  attempt 1  <sender@{DOMAIN}> -> " in out.getvalue()
+    # Nothing of the inbound side.
+    assert "accepted" not in out.getvalue()
+
+
+def test_the_lines_for_deliveries_and_refusals() -> None:
+    deferred = {"type": "delivery.deferred", "ts": 0.0, "txn": "Q1", "recipients": ["a@b.example"],
+                "domain": "b.example", "attempt": 3, "mx_host": "mx.b.example[192.0.2.1]",
+                "code": 421, "reply": "4.4.2 busy", "until": 86400.0 * 365, "sender": "",
+                "delay": 5400.0}  # fmt: skip
+    line = format_event(deferred, Style(False))
+    next_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(86400.0 * 365))
+    assert line.endswith(
+        f"Q1  deferred  <> -> <a@b.example>  host mx.b.example[192.0.2.1]  421 4.4.2 busy"
+        f"  attempt 3, delay 1.5h, next {next_at}"
+    )
+    assert "\x1b[33mdeferred" in format_event(deferred, Style(True))
+    refused = {"type": "transaction.refused", "ts": 0.0, "ip": "192.0.2.9", "stage": "rcpt",
+               "sender": "s@x.example", "recipient": "r@y.example", "code": 550,
+               "reply": "5.7.1 Relaying denied", "plugin": "relay_acl"}  # fmt: skip
+    assert format_event(refused, Style(False)).endswith(
+        "[192.0.2.9]  refused at rcpt  <s@x.example> -> <r@y.example>  550 5.7.1 Relaying denied"
+        "  by relay_acl"
+    )
+    at_helo = {**refused, "stage": "helo", "sender": None, "recipient": None, "code": 421,
+               "plugin": "core"}  # fmt: skip
+    assert "refused at helo  -  421" in format_event(at_helo, Style(False))
+    assert "\x1b[33mrefused at helo" in format_event(at_helo, Style(True))

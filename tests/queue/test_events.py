@@ -53,12 +53,19 @@ async def test_one_delivery_seen_by_a_subscriber(
     assert (deferred.code, deferred.attempt, deferred.mx_host) == (451, 1, "mx.dest.test")
     assert deferred.reply == "4.7.1 Try later"
     assert deferred.until == pytest.approx(EPOCH + t0 + 60.0)  # when the retry is due
+    assert (deferred.sender, deferred.delay) == ("a@sender.test", 0.0)
     [bounced] = [e for e in events if isinstance(e, DeliveryBounced)]
     assert (bounced.recipients, bounced.code, bounced.attempt) == (("reject@dest.test",), 550, 1)
     delivered = sorted(
         (e.recipients, e.attempt, e.ts - EPOCH - t0) for e in events if isinstance(e, Delivered)
     )
     assert delivered == [((("late@dest.test",), 2, 60.0)), ((("ok@other.test",), 1, 0.0))]
+    # Postfix's delay=: how long since the message arrived, and whose it is.
+    late = [e for e in events if isinstance(e, Delivered) and e.attempt == 2]
+    assert [e.sender for e in late] == ["a@sender.test"]
+    assert late[0].delay == pytest.approx(60.0)
+    assert {a.sender for a in attempts} == {"a@sender.test"}
+    assert report.sender == ""  # the bounce: the null sender
     # The retry announced itself too: three attempts in all.
     assert len(attempts) == 3
     assert attempts[-1].recipients == ("late@dest.test",)

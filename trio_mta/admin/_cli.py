@@ -23,9 +23,11 @@ def add_watch_parser(
 ) -> None:
     p = sub.add_parser(
         "watch",
-        help="print transactions as they complete (the admin event stream)",
-        description="One line per completed transaction; --follow for every event, --json for "
-        "the raw events. The URL and token default to the [admin] section of the configuration.",
+        help="print transactions, refusals and deliveries as they happen (the admin stream)",
+        description="One line per completed transaction, refusal, delivery attempt and delivery "
+        "outcome (delivered, deferred, bounced: queue id, recipients, remote host, reply); "
+        "--follow for every event, --json for the raw events. The URL and token default to "
+        "the [admin] section of the configuration.",
     )
     p.add_argument("--url", help=f"the event stream (default: from [admin] listen, {DEFAULT_URL})")
     p.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, then [admin] token)")
@@ -33,6 +35,9 @@ def add_watch_parser(
     p.add_argument("--follow", action="store_true", help="every event, one line each")
     p.add_argument("--json", action="store_true", help="raw events, one JSON object per line")
     p.add_argument("--type", action="append", default=[], help="event type or prefix (repeatable)")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--inbound", action="store_true", help="only SMTP transactions and refusals")
+    side.add_argument("--outbound", action="store_true", help="only delivery attempts and outcomes")
     p.add_argument("--ip", action="append", default=[], help="client address or CIDR")
     p.add_argument("--sender-domain", action="append", default=[], metavar="DOMAIN")
     p.add_argument("--rcpt-domain", action="append", default=[], metavar="DOMAIN")
@@ -68,6 +73,8 @@ def cmd_watch(args: argparse.Namespace, config_dir: Path | None) -> int:
         follow=args.follow,
         json=args.json,
         types=tuple(args.type),
+        inbound=not args.outbound,
+        outbound=not args.inbound,
         ips=tuple(args.ip),
         sender_domains=tuple(args.sender_domain),
         rcpt_domains=tuple(args.rcpt_domain),

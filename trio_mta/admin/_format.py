@@ -1,4 +1,8 @@
-"""Event dicts (as received from ``/events``) as one readable terminal line each."""
+"""Event dicts (as received from ``/events``) as one readable terminal line each.
+
+Times are local and 24-hour: ``HH:MM:SS`` for the event itself (ISO 8601's time of day), the full
+``YYYY-MM-DD HH:MM:SS`` for a time that may be another day (a deferred message's next attempt).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,20 @@ def _clock(item: dict[str, object]) -> str:
     if not isinstance(ts, int | float):
         return "--:--:--"
     return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def iso_time(ts: object) -> str:
+    """Epoch seconds as local ``YYYY-MM-DD HH:MM:SS`` (24-hour), or ``-``."""
+    if not isinstance(ts, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _seconds(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:.1f}s" if value < 60 else f"{value / 60:.1f}min" if value < 3600 else (
+        f"{value / 3600:.1f}h")  # fmt: skip
 
 
 def _size(octets: object) -> str:
@@ -73,13 +91,85 @@ def format_transaction(item: dict[str, object], style: Style) -> str:
     return "  ".join(parts)
 
 
+_DELIVERY_COLOR = {"delivered": "green", "deferred": "yellow", "bounced": "red", "attempt": "dim"}
+
+
+def _addresses(value: object) -> str:
+    return ", ".join(f"<{r}>" for r in value) if isinstance(value, list) and value else "-"
+
+
+def format_delivery(item: dict[str, object], style: Style) -> str:
+    """A ``delivery.*`` event: the queue id, what happened, to whom, the remote host and its
+    reply, the attempt, how long since arrival and (deferred) when the next attempt is due."""
+    outcome = str(item.get("type", "")).removeprefix("delivery.")
+    color = _DELIVERY_COLOR.get(outcome, "dim")
+    label = f"attempt {item.get('attempt')}" if outcome == "attempt" else outcome
+    sender = item.get("sender")
+    parts = [
+        style(_clock(item), "dim"),
+        style(str(item.get("txn") or "-"), "bold"),
+        style(label, color),
+        (f"<{sender}> -> " if isinstance(sender, str) else "") + _addresses(item.get("recipients")),
+        f"via {item.get('mx_host') or 'local'}" if outcome == "attempt" else
+        f"host {item.get('mx_host') or '-'}",
+    ]  # fmt: skip
+    if outcome != "attempt":
+        code = item.get("code")
+        reply = str(item.get("reply") or "")
+        answer = (
+            f"{code} {reply}"
+            if isinstance(code, int) and not reply.startswith(str(code))
+            else reply
+        )
+        parts.append(style(answer, color))
+        notes = [f"attempt {item.get('attempt')}"]
+        if isinstance(item.get("delay"), int | float):
+            notes.append(f"delay {_seconds(item.get('delay'))}")
+        if outcome == "deferred":
+            notes.append(f"next {iso_time(item.get('until'))}")
+        parts.append(style(", ".join(notes), "dim"))
+    return "  ".join(parts)
+
+
+def format_refusal(item: dict[str, object], style: Style) -> str:
+    """A ``transaction.refused`` event: who was refused at which stage, the reply, and the
+    plugin that decided (what operators grep for in Postfix's ``NOQUEUE: reject`` lines)."""
+    code = item.get("code")
+    color = code_color(code)
+    recipient = item.get("recipient")
+    sender = item.get("sender")
+    who = f"<{sender or ''}>" if sender is not None else "-"
+    if recipient:
+        who += f" -> <{recipient}>"
+    parts = [
+        style(_clock(item), "dim"),
+        f"[{item.get('ip')}]",
+        style(f"refused at {item.get('stage')}", color),
+        who,
+        style(f"{code} {item.get('reply') or ''}".strip(), color),
+        style(f"by {item.get('plugin') or 'core'}", "dim"),
+    ]
+    return "  ".join(parts)
+
+
+def format_summary(item: dict[str, object], style: Style) -> str | None:
+    """The default ``watch`` line for an event, or None for events it does not show."""
+    kind = str(item.get("type"))
+    if kind in ("transaction.end", "gap"):
+        return format_transaction(item, style)
+    if kind == "transaction.refused":
+        return format_refusal(item, style)
+    if kind.startswith("delivery."):
+        return format_delivery(item, style)
+    return None
+
+
 def format_event(item: dict[str, object], style: Style) -> str:
     """Any event as one line: time, connection, type, then its own fields (``--follow``)."""
     kind = str(item.get("type"))
-    if kind == "transaction.end":
-        return format_transaction(item, style)
-    if kind == "gap":
-        return format_transaction(item, style)
+    summary = format_summary(item, style)
+    if summary is not None:
+        return summary
     head = f"{style(_clock(item), 'dim')} {item.get('conn') or '-':>22} {style(kind, 'cyan')}"
     skip = {"v", "type", "ts", "seq", "conn", "txn"}
     fields = " ".join(f"{k}={v}" for k, v in item.items() if k not in skip and v is not None)

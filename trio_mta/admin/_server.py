@@ -153,6 +153,7 @@ class AdminServer:
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
             stream.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, SEND_BUFFER)
+            got = None  # stays None if the deadline passes first (a browser's idle preconnect)
             with trio.move_on_after(HEAD_DEADLINE):
                 got = await read_head(stream)
                 if got is None:

@@ -1,8 +1,10 @@
 """``trio-mta watch``: the terminal client of ``/events``.
 
-One line per completed transaction by default (``transaction.end``), every event with
-``--follow``, raw JSON objects (one per line) with ``--json``. Colour only when the output is a
-terminal and ``NO_COLOR`` is not set. Filters are passed to the server, which applies them.
+One line per completed transaction (``transaction.end``), per refusal (``transaction.refused``)
+and per delivery attempt and outcome (``delivery.*``) by default; ``--inbound`` or ``--outbound``
+keeps one side; every event with ``--follow``, raw JSON objects (one per line) with ``--json``.
+Colour only when the output is a terminal and ``NO_COLOR`` is not set. Filters are passed to the
+server, which applies them.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import attrs
 import trio
 import trio_websocket
 
-from ._format import Style, format_event, format_transaction
+from ._format import Style, format_event, format_summary
 
 DEFAULT_URL = "ws://127.0.0.1:8025/events"
+INBOUND = ("transaction.end", "transaction.refused")
+OUTBOUND = ("delivery",)
 RETRY_MAX = 30.0  # seconds between attempts to reach a server that stays away
 
 
@@ -30,6 +34,8 @@ class WatchOptions:
     follow: bool = False
     json: bool = False
     types: tuple[str, ...] = ()
+    inbound: bool = True  # the summary's sides (without --type)
+    outbound: bool = True
     ips: tuple[str, ...] = ()
     sender_domains: tuple[str, ...] = ()
     rcpt_domains: tuple[str, ...] = ()
@@ -44,7 +50,9 @@ class WatchOptions:
         if parts.scheme not in ("ws", "wss"):
             raise ValueError(f"--url must be ws:// or wss:// (got {self.url!r})")
         query = urllib.parse.parse_qsl(parts.query)
-        types = self.types or (() if self.follow or self.json else ("transaction.end",))
+        summary = (INBOUND if self.inbound else ()) + (OUTBOUND if self.outbound else ())
+        sides = summary if not (self.inbound and self.outbound) else ()
+        types = self.types or (sides if self.follow or self.json else summary)
         for name, values in (
             ("type", types),
             ("ip", self.ips),
@@ -142,5 +150,7 @@ def _show(
         print(json.dumps(item, ensure_ascii=False), file=out)
     elif options.follow:
         print(format_event(item, style), file=out)
-    elif kind in ("transaction.end", "gap"):
-        print(format_transaction(item, style), file=out)
+    else:
+        line = format_summary(item, style)
+        if line is not None:
+            print(line, file=out)

@@ -163,6 +163,7 @@ class DeliveryAttempted(Event):
     domain: str
     attempt: int
     mx_host: str | None
+    sender: str = ""  # the envelope sender ("" for <>)
 
 
 @attrs.frozen(kw_only=True)
@@ -176,6 +177,8 @@ class DeliveryDeferred(Event):
     code: int | None
     reply: str
     until: float  # epoch seconds of the next attempt
+    sender: str = ""  # the envelope sender ("" for <>)
+    delay: float = 0.0  # seconds since the message arrived (Postfix's delay=)
 
 
 @attrs.frozen(kw_only=True)
@@ -188,6 +191,8 @@ class DeliveryBounced(Event):
     mx_host: str | None
     code: int | None
     reply: str
+    sender: str = ""  # the envelope sender ("" for <>)
+    delay: float = 0.0  # seconds since the message arrived
 
 
 @attrs.frozen(kw_only=True)
@@ -200,6 +205,8 @@ class Delivered(Event):
     mx_host: str | None
     code: int
     reply: str
+    sender: str = ""  # the envelope sender ("" for <>)
+    delay: float = 0.0  # seconds since the message arrived
 
 
 # -- the stream itself ----------------------------------------------------------------------

@@ -223,6 +223,7 @@ class Attempt:
                     domain=route.domain,
                     attempt=env.attempts + 1,
                     mx_host=host,
+                    sender=env.sender or "",
                 )
             )
 

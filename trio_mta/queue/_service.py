@@ -343,6 +343,7 @@ class QueueService:
                 key = (r.status, r.domain, r.remote, r.code, reply)
                 groups.setdefault(key, []).append(r.address)
         now = self.now()
+        sender, delay = new.sender or "", max(0.0, now - new.created)
         for (status, domain, remote, code, reply), addresses in groups.items():
             recipients, host = tuple(addresses), remote or None
             event: Event
@@ -350,17 +351,19 @@ class QueueService:
                 event = Delivered(
                     ts=now, txn=new.id, recipients=recipients, domain=domain,
                     attempt=new.attempts, mx_host=host, code=code, reply=reply,
+                    sender=sender, delay=delay,
                 )  # fmt: skip
             elif status is Status.FAILED:
                 event = DeliveryBounced(
                     ts=now, txn=new.id, recipients=recipients, domain=domain,
                     attempt=new.attempts, mx_host=host, code=code or None, reply=reply,
+                    sender=sender, delay=delay,
                 )  # fmt: skip
             else:
                 event = DeliveryDeferred(
                     ts=now, txn=new.id, recipients=recipients, domain=domain,
                     attempt=new.attempts, mx_host=host, code=code or None, reply=reply,
-                    until=new.next_attempt,
+                    until=new.next_attempt, sender=sender, delay=delay,
                 )  # fmt: skip
             self.publish(event)
 
