@@ -22,8 +22,10 @@ from .admin import AdminServer, Metrics
 from .config import Config, ConfigError, load_config
 from .events import EventBus
 from .hooks import (
+    BreakerSettings,
     HookRunner,
     PluginEnv,
+    PluginHealth,
     PluginLoadError,
     PluginSet,
     ProcessSandbox,
@@ -38,6 +40,7 @@ from .server import (
     SMTPServer,
     TlsProvider,
     auth_warnings,
+    breaker_reporter,
     plugin_observer,
     slow_step_reporter,
 )
@@ -81,11 +84,20 @@ def make_queue(config: Config, host: PluginHost, bus: EventBus | None = None) ->
     return QueueService(
         config,
         resolver=DNSResolver(nameservers or None),
-        runner=lambda: HookRunner(host.current, sandbox=host.sandbox),
+        runner=lambda: HookRunner(host.current, sandbox=host.sandbox, health=host.health),
         signals=True,  # SIGUSR1: run the commands of `trio-mta queue`
         publish=bus.publish if bus is not None else None,
         wanted=(lambda: True) if admin else (lambda: bus is not None and bus.active),
     )
+
+
+def plugin_health(config: Config, bus: EventBus) -> PluginHealth:
+    """Breakers and counts of every plugin hook, for the daemon's life (reloads keep them)."""
+    p = config.plugins
+    settings = BreakerSettings(
+        p.breaker_failures, p.breaker_window, p.breaker_cooldown, threads=p.plugin_threads
+    )
+    return PluginHealth(settings, on_change=breaker_reporter(bus))
 
 
 def make_bus(config: Config) -> EventBus:
@@ -177,7 +189,9 @@ async def run(
             if _needs_sandbox(plugins):
                 sandbox = ProcessSandbox.from_config(config.plugins)
                 await services.start(sandbox.serve)
-            host = PluginHost(plugins, sandbox=sandbox, spill_dir=spill_dir)
+            host = PluginHost(
+                plugins, sandbox=sandbox, spill_dir=spill_dir, health=plugin_health(config, bus)
+            )
             # Plugins finish their async start-up before the first client is accepted.
             await plugins.startup()
             await services.start(host.serve)

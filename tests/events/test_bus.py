@@ -47,6 +47,7 @@ def test_public_surface_is_curated() -> None:
         "LoopBlocked",
         "MailReceived",
         "PluginCalled",
+        "PluginBreaker",
         "RcptReceived",
         "Subscription",
         "Tap",

@@ -50,6 +50,7 @@ from ..events import (
     Event,
     EventBus,
     LoopBlocked,
+    PluginBreaker,
     PluginCalled,
 )
 
@@ -94,6 +95,7 @@ class Metrics:
         self.plugin_timeouts: dict[tuple[str, ...], int] = {}
         self.plugin_errors: dict[tuple[str, ...], int] = {}
         self.loop_blocked: dict[tuple[str, ...], int] = {}
+        self.breaker_moves: dict[tuple[str, ...], int] = {}
         self.deliveries: dict[tuple[str, ...], int] = {}
         self.started = bus.clock()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -103,7 +105,7 @@ class Metrics:
         # Plugin calls only with plugin metrics on: a tapped kind is built at once on the SMTP
         # path instead of being deferred to the watchers' batches.
         kinds = (PluginCalled,) if plugin_metrics else ()
-        bus.add_tap(self.on_event, (*kinds, LoopBlocked, *_DELIVERY))
+        bus.add_tap(self.on_event, (*kinds, LoopBlocked, PluginBreaker, *_DELIVERY))
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, PluginCalled):
@@ -111,6 +113,8 @@ class Metrics:
                 self._plugin(event)
         elif isinstance(event, LoopBlocked):
             _bump(self.loop_blocked, (event.plugin or "",))
+        elif isinstance(event, PluginBreaker):
+            _bump(self.breaker_moves, (event.plugin, event.hook, event.state))
         else:
             outcome = _DELIVERY.get(type(event))
             if outcome is not None:
@@ -178,6 +182,9 @@ class Metrics:
                        ["plugin", "hook"], self.plugin_errors)  # fmt: skip
         yield _counter("trio_mta_loop_blocked", "Task steps that held the event loop too long",
                        ["plugin"], self.loop_blocked)  # fmt: skip
+        yield _counter("trio_mta_plugin_breaker_transitions",
+                       "Circuit breaker moves of plugin hooks, by the state entered",
+                       ["plugin", "hook", "state"], self.breaker_moves)  # fmt: skip
         yield _counter("trio_mta_deliveries", "Delivery attempts and their outcomes",
                        ["outcome"], self.deliveries)  # fmt: skip
         size = self.queue_size() if self.queue_size is not None else 0

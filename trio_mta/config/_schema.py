@@ -350,6 +350,13 @@ class PluginsConfig:
     sandbox_cpu_seconds: int = attrs.field(default=60, validator=_at_least(1))
     watchdog_ms: float = attrs.field(default=50.0, validator=_seconds())
     cleanup_timeout: float = attrs.field(default=5.0, validator=_seconds())
+    # The circuit breaker of each (plugin, hook): this many timeouts or errors in a row within
+    # breaker_window seconds open it for breaker_cooldown seconds (hooks._health).
+    breaker_failures: int = attrs.field(default=5, validator=_at_least(1))
+    breaker_window: float = attrs.field(default=60.0, validator=_seconds())
+    breaker_cooldown: float = attrs.field(default=30.0, validator=_seconds())
+    # Threads one plugin's sync hooks may use at once (abandoned ones count until they end).
+    plugin_threads: int = attrs.field(default=16, validator=_between(1, 256))
 
 
 def _check_ciphers(_inst: object, _attr: object, value: str) -> None:

@@ -23,6 +23,7 @@ from ._types import Gap as Gap
 from ._types import HeloReceived as HeloReceived
 from ._types import LoopBlocked as LoopBlocked
 from ._types import MailReceived as MailReceived
+from ._types import PluginBreaker as PluginBreaker
 from ._types import PluginCalled as PluginCalled
 from ._types import RcptReceived as RcptReceived
 from ._types import TlsStarted as TlsStarted

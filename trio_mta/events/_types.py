@@ -152,6 +152,16 @@ class LoopBlocked(Event):
     hook: str | None
 
 
+@attrs.frozen(kw_only=True)
+class PluginBreaker(Event):
+    TYPE: ClassVar[str] = "plugin.breaker"
+
+    plugin: str
+    hook: str
+    state: str  # "open" | "half_open" | "closed"
+    reason: str
+
+
 # -- delivery (published by the queue) ------------------------------------------------------
 
 
@@ -232,6 +242,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TransactionEnded,
     PluginCalled,
     LoopBlocked,
+    PluginBreaker,
     DeliveryAttempted,
     DeliveryDeferred,
     DeliveryBounced,

@@ -34,6 +34,11 @@ from ._blockingdns import run_with_dns as run_with_dns
 from ._context import Connection as Connection
 from ._context import Message as Message
 from ._context import Transaction as Transaction
+from ._health import BreakerChange as BreakerChange
+from ._health import BreakerSettings as BreakerSettings
+from ._health import BreakerState as BreakerState
+from ._health import HookHealth as HookHealth
+from ._health import PluginHealth as PluginHealth
 from ._outbound import DeliveryReport as DeliveryReport
 from ._outbound import MXHost as MXHost
 from ._outbound import OutboundQueue as OutboundQueue

@@ -13,8 +13,8 @@ A plugin is a module with a ``Plugin`` class (subclassing this one) whose method
 
 A hook method returns a ``Result`` (or None, meaning CONT). ``@hook(...)`` on a method sets
 per-hook options; class attributes set the plugin's defaults; the plugin's config file
-(``timeout``, ``on_timeout``, ``on_error``, ``sandbox``, ``priority`` and ``[hooks.<name>]``
-tables with the same keys) overrides both.
+(``timeout``, ``on_timeout``, ``on_error``, ``sandbox``, ``priority``, ``breaker`` and
+``[hooks.<name>]`` tables with the same keys) overrides both.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class HookOptions:
     sandbox: str | None = None
     on_timeout: Result | None = None
     on_error: Result | None = None
+    breaker: bool | None = None
 
 
 def hook(
@@ -50,9 +51,10 @@ def hook(
     sandbox: str | None = None,
     on_timeout: Result | None = None,
     on_error: Result | None = None,
+    breaker: bool | None = None,
 ) -> Callable[[F], F]:
     """Per-hook options for a ``hook_<name>`` method."""
-    options = HookOptions(priority, timeout, sandbox, on_timeout, on_error)
+    options = HookOptions(priority, timeout, sandbox, on_timeout, on_error, breaker)
 
     def mark(fn: F) -> F:
         fn.__trio_mta_hook__ = options  # type: ignore[attr-defined]  # a marker attribute
@@ -82,6 +84,7 @@ class Plugin:
     on_error: Result = ERROR_RESULT
     sandbox: str | None = None  # "process" to run every hook in a worker process
     priority: int = 0  # lower runs earlier; ties keep the configured order
+    breaker: bool = True  # False: no circuit breaker (``breaker = false`` in its config)
     # SASL mechanisms this plugin's hook_auth can verify. CRAM-MD5 needs the plaintext secret
     # (or an equivalent); the server offers a mechanism only if every auth plugin lists it.
     auth_mechanisms: frozenset[str] = frozenset({"PLAIN", "LOGIN"})

@@ -29,7 +29,9 @@ log = logging.getLogger("trio_mta.plugins")
 _generation = itertools.count(1)
 
 _ACTIONS = {a.value: a for a in Action}
-RUNNER_KEYS = frozenset({"timeout", "on_timeout", "on_error", "sandbox", "priority", "hooks"})
+RUNNER_KEYS = frozenset(
+    {"timeout", "on_timeout", "on_error", "sandbox", "priority", "breaker", "hooks"}
+)
 
 
 class PluginLoadError(Exception):
@@ -51,6 +53,8 @@ class HookEntry:
     # False when the call provably finishes in one step (a coroutine with no await in its
     # code, run in-process): such calls need no deadline and no cancel scope.
     may_block: bool = True
+    # The circuit breaker (hooks._health); ``breaker = false`` in the plugin's config.
+    breaker: bool = True
 
 
 @attrs.frozen(slots=False)  # slots=False: cached_property needs an instance __dict__
@@ -164,6 +168,9 @@ def _options_from_config(
     priority = table.get("priority")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
         raise PluginLoadError(f"{where}.priority: must be an integer")
+    breaker = table.get("breaker")
+    if breaker is not None and not isinstance(breaker, bool):
+        raise PluginLoadError(f"{where}.breaker: must be true or false")
     on_timeout = table.get("on_timeout")
     on_error = table.get("on_error")
     return HookOptions(
@@ -172,6 +179,7 @@ def _options_from_config(
         sandbox=sandbox if isinstance(sandbox, str) else None,
         on_timeout=_action_result(on_timeout, f"{where}.on_timeout") if on_timeout else None,
         on_error=_action_result(on_error, f"{where}.on_error") if on_error else None,
+        breaker=breaker,
     )
 
 
@@ -241,6 +249,7 @@ def load_plugins(
                 hook_opts.priority, marked.priority, plugin_opts.priority, cls.priority
             )
             is_async = inspect.iscoroutinefunction(fn)
+            breaker = _pick(hook_opts.breaker, marked.breaker, plugin_opts.breaker, cls.breaker)
             entry = HookEntry(
                 plugin=plugin,
                 hook=hook_name,
@@ -257,6 +266,7 @@ def load_plugins(
                 sandbox=sandbox == "process",
                 is_async=is_async,
                 may_block=sandbox == "process" or not is_async or can_suspend(fn),
+                breaker=breaker is not False,
             )
             if not is_async and not entry.sandbox:
                 log.info("plugin %s: %s is synchronous: it runs in a worker thread", name, attr)

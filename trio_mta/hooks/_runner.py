@@ -42,6 +42,7 @@ import attrs
 import trio
 
 from ._context import Connection
+from ._health import BreakerState, HookHealth, PluginHealth
 from ._registry import HookEntry, PluginSet
 from ._result import CONT, Action, Result
 from ._spec import HOOKS
@@ -110,10 +111,15 @@ class HookRunner:
         *,
         sandbox: Sandbox | None = None,
         observe: Callable[[HookCall], None] | None = None,
+        health: PluginHealth | None = None,
     ) -> None:
         self.plugins = plugins
         self.sandbox = sandbox
         self.observe = observe
+        # Shared by the daemon's runners (breakers, counts, latency); a runner of its own
+        # otherwise (tests, tools).
+        self.health = health if health is not None else PluginHealth()
+        self._records = self.health.table(plugins)
         # Told when a plugin call starts and stops blocking: the driver watches for the
         # client hanging up only then (it costs a task, so not for calls that never block).
         self.on_block: Callable[[], None] | None = None
@@ -152,12 +158,13 @@ class HookRunner:
     ) -> tuple[Result, str | None]:
         if current_runner.get() is not self:
             current_runner.set(self)
+        records = self._records[hook]
         if not self._blocking[hook]:
             # Every call finishes in one step: no deadline can fire, so no scope is needed,
             # and the calls run in a plain loop.
             index = 0
             while index < len(entries):
-                index, decided = self._run_now(entries, index, conn, args, stop)
+                index, decided = self._run_now(entries, records, index, conn, args, stop)
                 if decided is None:
                     break
                 if await self._decides(hook, entries[index - 1], conn, decided):
@@ -172,10 +179,16 @@ class HookRunner:
             with trio.CancelScope() as scope:
                 while index < len(entries):
                     entry = entries[index]
+                    record = records[index]
                     index += 1
                     if self._skipped(entry, conn):
                         continue
-                    result = await self._call(entry, conn, args, scope)
+                    if record.state is not BreakerState.CLOSED and (
+                        (verdict := self._breaker_says(entry, record)) is not None
+                    ):
+                        result = verdict
+                    else:
+                        result = await self._call(entry, record, conn, args, scope)
                     if scope.cancel_called:
                         # The call's deadline fired, yet it returned: the plugin swallowed
                         # its Cancelled. It timed out all the same, and it is the one to
@@ -190,7 +203,7 @@ class HookRunner:
                         return result, entry.plugin.name
             if not (swallowed or scope.cancelled_caught):
                 break
-            result = self._timed_out(entries[index - 1], conn)
+            result = self._timed_out(entries[index - 1], records[index - 1], conn)
             if stop and await self._decides(hook, entries[index - 1], conn, result):
                 return result, entries[index - 1].plugin.name
         return CONT, None
@@ -198,6 +211,7 @@ class HookRunner:
     def _run_now(
         self,
         entries: tuple[HookEntry, ...],
+        records: tuple[HookHealth, ...],
         index: int,
         conn: Connection,
         args: tuple[object, ...],
@@ -209,18 +223,25 @@ class HookRunner:
         txn = conn.transaction
         observe = self.observe
         perf_counter = time.perf_counter
-        cont, result_type = CONT, Result  # locals: this loop is the per-call hot path
+        cont, result_type, closed = CONT, Result, BreakerState.CLOSED  # locals: the hot path
         while index < count:
             entry = entries[index]
+            record = records[index]
             index += 1
             # Re-read every time: a plugin earlier in this very chain may add to the sets.
             if (conn.skip_plugins and entry.plugin.name in conn.skip_plugins) or (
                 txn is not None and txn.skip_plugins and entry.plugin.name in txn.skip_plugins
             ):
                 continue
+            if record.state is not closed:
+                verdict = self._breaker_says(entry, record)
+                if verdict is not None:
+                    if stop and verdict.action is not Action.CONT:
+                        return index, verdict
+                    continue
             # No ``active`` mark here: a call that holds the loop has finished by the time the
             # watchdog looks, and ``last`` names it.
-            started = perf_counter() if observe is not None else 0.0
+            started = perf_counter()
             error: str | None = None
             try:
                 coro = entry.fn(conn, *args)
@@ -246,6 +267,10 @@ class HookRunner:
                 result = entry.on_error
             self.last = entry
             self.last_finished = finished = perf_counter()
+            if error is None:
+                record.success(finished - started)
+            else:
+                record.failure(finished - started, result, timed_out=False)
             if observe is not None:
                 observe(
                     HookCall(
@@ -289,7 +314,16 @@ class HookRunner:
                 return False
         return True
 
-    def _timed_out(self, entry: HookEntry, conn: Connection) -> Result:
+    def _breaker_says(self, entry: HookEntry, record: HookHealth) -> Result | None:
+        """An open breaker's answer (reported like a call), or None: the call runs."""
+        verdict = record.admit()
+        if verdict is not None and self.observe is not None:
+            self.observe(
+                HookCall(entry.hook, entry.plugin.name, verdict.action, 0.0, False, "breaker open")
+            )
+        return verdict
+
+    def _timed_out(self, entry: HookEntry, record: HookHealth, conn: Connection) -> Result:
         log.warning(
             "conn=%s plugin %s timed out on %s after %.3gs%s",
             conn.id,
@@ -301,6 +335,9 @@ class HookRunner:
             if entry.sandbox
             else (" (its thread abandoned, still running)" if not entry.is_async else ""),
         )
+        if entry.sandbox:
+            record.kills += 1
+        record.failure(entry.timeout, entry.on_timeout, timed_out=True)
         if self.observe is not None:
             self.observe(
                 HookCall(
@@ -312,16 +349,17 @@ class HookRunner:
     async def _call(
         self,
         entry: HookEntry,
+        record: HookHealth,
         conn: Connection,
         args: tuple[object, ...],
         scope: trio.CancelScope,
     ) -> Result:
         observe = self.observe
-        started = time.perf_counter() if observe is not None else 0.0
+        started = time.perf_counter()
         error: str | None = None
         self.active = entry
         try:
-            value = await self._invoke(entry, conn, args, scope)
+            value = await self._invoke(entry, record, conn, args, scope)
             if value is None:
                 result = CONT
             elif type(value) is Result:
@@ -336,11 +374,25 @@ class HookRunner:
             error = repr(exc)
             log.exception("conn=%s plugin %s failed on %s", conn.id, entry.plugin.name, entry.hook)
             result = entry.on_error
+        except BaseException:
+            # Cancelled: our deadline (``_timed_out`` records it) or from outside (no verdict).
+            if record.probing:
+                record.probe_abandoned()
+            raise
         finally:
             self.active = None
             self.last = entry
             self.last_finished = finished = time.perf_counter()
-        if observe is not None and not scope.cancel_called:  # else _timed_out reports it
+        if scope.cancel_called:
+            # It returned after its deadline fired: a timeout, recorded by ``_timed_out``.
+            if record.probing:
+                record.probe_abandoned()
+            return result
+        if error is None:
+            record.success(finished - started)
+        else:
+            record.failure(finished - started, result, timed_out=False)
+        if observe is not None:
             observe(
                 HookCall(
                     entry.hook, entry.plugin.name, result.action, finished - started, False, error
@@ -351,6 +403,7 @@ class HookRunner:
     async def _invoke(
         self,
         entry: HookEntry,
+        record: HookHealth,
         conn: Connection,
         args: tuple[object, ...],
         scope: trio.CancelScope,
@@ -378,7 +431,7 @@ class HookRunner:
         scope.deadline = trio.current_time() + entry.timeout
         self._blocking_changed(True)
         try:
-            return await self._invoke_elsewhere(entry, conn, args)
+            return await self._invoke_elsewhere(entry, record, conn, args)
         finally:
             scope.deadline = math.inf
             self._blocking_changed(False)
@@ -389,15 +442,82 @@ class HookRunner:
             callback()
 
     async def _invoke_elsewhere(
-        self, entry: HookEntry, conn: Connection, args: tuple[object, ...]
+        self, entry: HookEntry, record: HookHealth, conn: Connection, args: tuple[object, ...]
     ) -> object:
         if entry.sandbox:
             if self.sandbox is None:
                 raise RuntimeError("plugin wants the process sandbox, but none is running")
             return await self.sandbox.call(entry, conn, args)
-        return await trio.to_thread.run_sync(
-            functools.partial(entry.fn, conn, *args), abandon_on_cancel=True
-        )
+        # The plugin's own thread limiter: its abandoned threads cannot take the slots of
+        # other plugins' calls, nor of the blocking DNS helper (Trio's default limiter).
+        # Its slot is taken here, so that a call cancelled while waiting for one is told
+        # from a call whose thread runs on (abandoned: it keeps the slot until it ends).
+        call = ThreadCall(functools.partial(entry.fn, conn, *args))
+        limiter = self.health.limiter(entry.plugin.name)
+        await limiter.acquire_on_behalf_of(call)
+        held = _Held(limiter, call)
+        try:
+            return await trio.to_thread.run_sync(
+                call,
+                abandon_on_cancel=True,
+                limiter=held,  # type: ignore[arg-type]  # duck-typed, as documented
+            )
+        except trio.Cancelled:
+            if held.acquired:
+                call.abandon(record)
+            else:  # cancelled before the thread started
+                limiter.release_on_behalf_of(call)
+            raise
+
+
+class _Held:
+    """A slot already taken, handed to ``to_thread.run_sync``, which releases it when the
+    thread ends (also an abandoned one). Trio starts the thread right after ``acquire``."""
+
+    def __init__(self, limiter: trio.CapacityLimiter, owner: object) -> None:
+        self.limiter = limiter
+        self.owner = owner
+        self.acquired = False
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        self.acquired = True
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self.limiter.release_on_behalf_of(self.owner)
+
+
+class ThreadCall:
+    """A sync hook call run in a thread; an abandoned one is counted until it really ends."""
+
+    __slots__ = ("_abandoned_in", "_fn", "finished")
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._fn = fn
+        self.finished = False
+        self._abandoned_in: set[object] | None = None
+
+    def __call__(self) -> object:
+        try:
+            return self._fn()
+        finally:
+            self.finished = True
+            left = self._abandoned_in
+            if left is not None:
+                left.discard(self)  # one atomic operation under the GIL
+
+    def abandon(self, record: HookHealth) -> None:
+        """From the loop thread, on cancel. Either order of the two threads' steps ends with
+        the call out of the set once its thread has finished."""
+        if self._done():
+            return
+        record.abandoned.add(self)
+        record.abandoned_total += 1
+        self._abandoned_in = record.abandoned
+        if self._done():  # the thread may have ended meanwhile
+            record.abandoned.discard(self)
+
+    def _done(self) -> bool:
+        return self.finished
 
 
 def is_always_run(hook: str) -> bool:

@@ -29,12 +29,13 @@ from ..events import (
     HeloReceived,
     LoopBlocked,
     MailReceived,
+    PluginBreaker,
     PluginCalled,
     RcptReceived,
     TlsStarted,
     TransactionEnded,
 )
-from ..hooks import HookCall, SlowStep, log_slow_step
+from ..hooks import BreakerChange, HookCall, SlowStep, log_slow_step
 from ..protocol import Address, Helo, RcptTo, Reply
 from ._session import Session
 
@@ -255,6 +256,24 @@ def slow_step_reporter(bus: EventBus) -> Callable[[SlowStep], None]:
                 task=step.task,
                 plugin=step.plugin,
                 hook=step.hook,
+            )
+        )
+
+    return report
+
+
+def breaker_reporter(bus: EventBus) -> Callable[[BreakerChange], None]:
+    """A circuit breaker's move (logged by the runner's health record): a ``plugin.breaker``
+    event, always published (rare; the metrics count them)."""
+
+    def report(change: BreakerChange) -> None:
+        bus.publish(
+            PluginBreaker(
+                ts=bus.clock(),
+                plugin=change.plugin,
+                hook=change.hook,
+                state=change.state.value,
+                reason=change.reason,
             )
         )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from ..hooks import HookCall, HookRunner, OutboundQueue, PluginSet, Sandbox
+from ..hooks import HookCall, HookRunner, OutboundQueue, PluginHealth, PluginSet, Sandbox
 from ._hooked import HookHandler
 from ._session import Session
 
@@ -47,8 +47,12 @@ class PluginHost:
         spill_dir: Path | None = None,
         observe: Callable[[HookCall], None] | None = None,
         queue: OutboundQueue | None = None,
+        health: PluginHealth | None = None,
     ) -> None:
         self.current = plugins
+        # Breakers, counts and latency of every plugin hook, shared by all sessions' runners
+        # and the queue's (the runner health API).
+        self.health = health if health is not None else PluginHealth()
         self.queue = queue  # the built-in outbound queue, handed to every handler
         self.sandbox = sandbox
         self.spill_dir = spill_dir
@@ -64,7 +68,7 @@ class PluginHost:
         plugins = self.current
         generation = plugins.generation
         self._users[generation] = self._users.get(generation, 0) + 1
-        runner = HookRunner(plugins, sandbox=self.sandbox, observe=self.observe)
+        runner = HookRunner(plugins, sandbox=self.sandbox, observe=self.observe, health=self.health)
         self._runners.add(runner)
         return _CountedHandler(
             runner, self.spill_dir, lambda: self._release(generation, runner), self.queue
@@ -83,6 +87,7 @@ class PluginHost:
         left = self._users[generation] - 1
         self._users[generation] = left
         if left == 0 and generation in self._retired:
+            self.health.forget(generation)
             self._send.send_nowait(self._retired.pop(generation))
 
     async def replace(self, plugins: PluginSet) -> None:

@@ -1,0 +1,321 @@
+"""Plugin health: per (plugin, hook) counts, latency, and the circuit breaker.
+
+Theory of operation
+-------------------
+One ``PluginHealth`` serves the whole daemon (every session's runner, the queue's runners, every
+plugin generation): a plugin's record is keyed by (plugin name, hook), so it survives a reload.
+
+The breaker of a (plugin, hook) is CLOSED while calls run normally. ``breaker_failures``
+failures in a row (timeouts or errors, no success between them) within ``breaker_window``
+seconds trip it: OPEN. While open, a call is answered at once with the plugin's own result for
+its last failure (``on_timeout`` or ``on_error``), using no worker, no thread and no time. After
+``breaker_cooldown`` the breaker is HALF_OPEN: one call at a time probes the plugin, the others
+are still answered at once; a probe that succeeds closes the breaker, one that fails opens it
+for another cooldown. Failures must come in a row because a breaker protects against a broken
+dependency (a dead scanner fails every call), not a poisonous message: a plugin that hangs on
+one message a second and serves the fifty others keeps serving them.
+
+Cost on the hot path: a closed breaker is one attribute comparison before the call and a few
+integer and list stores after it (``success``). The clock is read only on failures and while
+the breaker is not closed. Latency percentiles are computed from a ring of recent durations
+only when someone asks (``snapshot``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._result import Result
+
+if TYPE_CHECKING:
+    from ._registry import HookEntry, PluginSet
+
+log = logging.getLogger("trio_mta.plugins")
+
+_RING = 512  # recent call durations kept per (plugin, hook) for p50/p95
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@attrs.frozen
+class BreakerSettings:
+    """``[plugins] breaker_failures``, ``breaker_window``, ``breaker_cooldown``."""
+
+    failures: int = 5
+    window: float = 60.0  # seconds
+    cooldown: float = 30.0  # seconds
+    threads: int = 16  # a plugin's sync hook calls in threads at once ([plugins] plugin_threads)
+
+
+@attrs.frozen
+class BreakerChange:
+    """A breaker's move, as told to ``PluginHealth``'s ``on_change`` (log, event, metric)."""
+
+    plugin: str
+    hook: str
+    state: BreakerState
+    reason: str
+
+
+class HookHealth:
+    """The mutable record of one (plugin, hook)."""
+
+    __slots__ = (
+        "_health",
+        "_ring",
+        "_ring_at",
+        "abandoned",
+        "abandoned_total",
+        "breaker",
+        "calls",
+        "errors",
+        "failed_run",
+        "first_failure_at",
+        "hook",
+        "kills",
+        "last_failure",
+        "open_until",
+        "plugin",
+        "probing",
+        "short_circuited",
+        "state",
+        "timeouts",
+    )
+
+    def __init__(self, health: PluginHealth, plugin: str, hook: str) -> None:
+        self._health = health
+        self.plugin = plugin
+        self.hook = hook
+        self.breaker = True  # False: the plugin's ``breaker = false``
+        self.state = BreakerState.CLOSED
+        self.calls = 0
+        self.timeouts = 0
+        self.errors = 0
+        self.kills = 0  # sandbox workers killed by this hook's timeouts
+        # Threads of this hook's calls still running after their deadline (``ThreadCall``s;
+        # each removes itself from its thread when it ends), and how many ever were.
+        self.abandoned: set[object] = set()
+        self.abandoned_total = 0
+        self.short_circuited = 0  # calls answered by an open breaker
+        self.failed_run = 0  # failures in a row
+        self.first_failure_at = 0.0
+        self.open_until = 0.0
+        self.probing = False
+        self.last_failure: Result | None = None
+        self._ring: list[float] = []
+        self._ring_at = 0
+
+    # -- the runner's side -----------------------------------------------------------------
+
+    def admit(self) -> Result | None:
+        """Called only when the breaker is not CLOSED: None lets the call run (a probe);
+        a Result answers it at once."""
+        if self.state is BreakerState.OPEN:
+            if trio.current_time() < self.open_until:
+                return self._short_circuit()
+            self._move(BreakerState.HALF_OPEN, "cooldown over: probing")
+        if self.probing:
+            return self._short_circuit()
+        self.probing = True
+        return None
+
+    def _short_circuit(self) -> Result:
+        self.short_circuited += 1
+        assert self.last_failure is not None  # set whenever the breaker opens
+        return self.last_failure
+
+    def success(self, duration: float) -> None:
+        self.calls += 1
+        self.failed_run = 0
+        ring = self._ring
+        if len(ring) < _RING:
+            ring.append(duration)
+        else:
+            ring[self._ring_at] = duration
+            self._ring_at = (self._ring_at + 1) % _RING
+        if self.state is not BreakerState.CLOSED:
+            self.probing = False
+            self._move(BreakerState.CLOSED, "a probe call succeeded")
+
+    def failure(self, duration: float, result: Result, *, timed_out: bool) -> None:
+        self.calls += 1
+        if timed_out:
+            self.timeouts += 1
+        else:
+            self.errors += 1
+        self.last_failure = result
+        if not self.breaker:
+            return
+        now = trio.current_time()
+        settings = self._health.settings
+        if self.failed_run == 0 or now - self.first_failure_at > settings.window:
+            self.failed_run, self.first_failure_at = 0, now
+        self.failed_run += 1
+        what = "timed out" if timed_out else "failed"
+        if self.state is BreakerState.HALF_OPEN:
+            self.probing = False
+            self.open_until = now + settings.cooldown
+            self._move(BreakerState.OPEN, f"the probe call {what}")
+        elif self.state is BreakerState.CLOSED and self.failed_run >= settings.failures:
+            self.open_until = now + settings.cooldown
+            self._move(
+                BreakerState.OPEN,
+                f"{self.failed_run} calls in a row {what} within "
+                f"{now - self.first_failure_at:.3g}s",
+            )
+
+    def probe_abandoned(self) -> None:
+        """A probe ended without a verdict (cancelled from outside): let another probe."""
+        self.probing = False
+
+    # -- operators' side -------------------------------------------------------------------
+
+    def trip(self, result: Result, reason: str, *, until: float | None = None) -> None:
+        """Open the breaker now (the watchdog's strikes), for a cooldown or until ``until``."""
+        self.last_failure = result
+        self.open_until = (
+            until if until is not None else trio.current_time() + self._health.settings.cooldown
+        )
+        self.probing = False
+        self._move(BreakerState.OPEN, reason)
+
+    def reset(self, reason: str = "reset by the operator") -> None:
+        self.failed_run = 0
+        self.probing = False
+        if self.state is not BreakerState.CLOSED:
+            self._move(BreakerState.CLOSED, reason)
+
+    def _move(self, state: BreakerState, reason: str) -> None:
+        self.state = state
+        self._health.changed(BreakerChange(self.plugin, self.hook, state, reason))
+
+    def latency(self, quantile: float) -> float | None:
+        if not self._ring:
+            return None
+        ordered = sorted(self._ring)
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "plugin": self.plugin,
+            "hook": self.hook,
+            "breaker": self.state.value if self.breaker else "off",
+            "calls": self.calls,
+            "failures": self.timeouts + self.errors,
+            "timeouts": self.timeouts,
+            "errors": self.errors,
+            "short_circuited": self.short_circuited,
+            "worker_kills": self.kills,
+            "abandoned_threads": len(self.abandoned),
+            "abandoned_threads_total": self.abandoned_total,
+            "p50_ms": _ms(self.latency(0.50)),
+            "p95_ms": _ms(self.latency(0.95)),
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+class PluginHealth:
+    """Every (plugin, hook)'s record; the runner health API (``snapshot``, ``reset``)."""
+
+    def __init__(
+        self,
+        settings: BreakerSettings | None = None,
+        *,
+        on_change: Callable[[BreakerChange], None] | None = None,
+    ) -> None:
+        self.settings = settings or BreakerSettings()
+        self.on_change = on_change
+        self._records: dict[tuple[str, str], HookHealth] = {}
+        self._tables: dict[int, Mapping[str, tuple[HookHealth, ...]]] = {}
+        self._limiters: dict[str, trio.CapacityLimiter] = {}
+
+    def limiter(self, plugin: str) -> trio.CapacityLimiter:
+        """The plugin's own thread limiter for its sync hooks (``threads`` at most at once)."""
+        found = self._limiters.get(plugin)
+        if found is None:
+            found = self._limiters[plugin] = trio.CapacityLimiter(self.settings.threads)
+        return found
+
+    def record(self, plugin: str, hook: str) -> HookHealth:
+        key = (plugin, hook)
+        found = self._records.get(key)
+        if found is None:
+            found = self._records[key] = HookHealth(self, plugin, hook)
+        return found
+
+    def table(self, plugins: PluginSet) -> Mapping[str, tuple[HookHealth, ...]]:
+        """Per hook, the records in the order of ``plugins.table[hook]`` (the runner indexes
+        both alike). Built once per generation."""
+        table = self._tables.get(plugins.generation)
+        if table is None:
+            table = self._tables[plugins.generation] = {
+                hook: tuple(self._for_entry(entry) for entry in entries)
+                for hook, entries in plugins.table.items()
+            }
+        return table
+
+    def _for_entry(self, entry: HookEntry) -> HookHealth:
+        found = self.record(entry.plugin.name, entry.hook)
+        found.breaker = entry.breaker
+        if not entry.breaker:
+            found.reset("breaker switched off for this plugin")
+        return found
+
+    def forget(self, generation: int) -> None:
+        """Drop a retired generation's table (its records stay: they are per name)."""
+        self._tables.pop(generation, None)
+
+    def changed(self, change: BreakerChange) -> None:
+        if change.state is BreakerState.OPEN:
+            log.warning(
+                "plugin %s on %s: circuit breaker open (%s)",
+                change.plugin,
+                change.hook,
+                change.reason,
+            )
+        else:
+            log.info(
+                "plugin %s on %s: circuit breaker %s (%s)",
+                change.plugin,
+                change.hook,
+                change.state.value.replace("_", "-"),
+                change.reason,
+            )
+        if self.on_change is not None:
+            try:
+                self.on_change(change)
+            except Exception:
+                log.exception("the breaker change callback failed")
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Per (plugin, hook): breaker state, calls, failures, p50/p95 latency (ms), ..."""
+        return [r.snapshot() for _, r in sorted(self._records.items())]
+
+    def reset(self, plugin: str, hook: str | None = None) -> list[str]:
+        """Close the breakers of ``plugin`` (on ``hook``, or all its hooks); the hooks reset.
+
+        Raises:
+            KeyError: no record of that plugin (and hook).
+        """
+        found = [r for (p, h), r in self._records.items() if p == plugin and hook in (None, h)]
+        if not found:
+            raise KeyError(f"no plugin {plugin!r}" + (f" on hook {hook!r}" if hook else ""))
+        for record in found:
+            record.reset()
+        return sorted(r.hook for r in found)
+
+    def records(self) -> Iterable[HookHealth]:
+        return self._records.values()
