@@ -20,6 +20,7 @@ import trio
 from . import logs
 from .admin import AdminServer, Metrics
 from .config import Config, ConfigError, load_config
+from .control import ControlServer, VarDirLock, socket_path
 from .events import EventBus
 from .hooks import (
     BreakerSettings,
@@ -85,7 +86,7 @@ def make_queue(config: Config, host: PluginHost, bus: EventBus | None = None) ->
         config,
         resolver=DNSResolver(nameservers or None),
         runner=lambda: HookRunner(host.current, sandbox=host.sandbox, health=host.health),
-        signals=True,  # SIGUSR1: run the commands of `trio-mta queue`
+        pid_file=True,
         publish=bus.publish if bus is not None else None,
         wanted=(lambda: True) if admin else (lambda: bus is not None and bus.active),
     )
@@ -165,6 +166,7 @@ async def run(
         PluginLoadError: a configured plugin cannot be loaded (nothing is listening yet).
         TlsSetupError: a certificate cannot be loaded or generated (nothing is listening yet).
         AdminSetupError: the admin listener would be exposed without a token.
+        AlreadyRunning: another daemon holds ``var_dir`` (nothing was touched).
     """
     bus = bus if bus is not None else make_bus(config)
     admin = None
@@ -172,6 +174,26 @@ async def run(
         metrics = Metrics(bus, plugin_metrics=config.admin.plugin_metrics)
         admin = AdminServer(config.admin, bus, metrics, server_name=config.server.hostname)
     config.server.var_dir.mkdir(parents=True, exist_ok=True)
+    # One daemon per state directory, decided before the spool is recovered or a port bound:
+    # a second one would deliver the same spool again (and remove the first's files on exit).
+    lock = VarDirLock(config.server.var_dir)
+    lock.acquire()
+    try:
+        await _run_locked(config, bus, admin, on_ready, on_admin, task_status, tune_gc)
+    finally:
+        lock.release()
+    log.info("stopped")
+
+
+async def _run_locked(
+    config: Config,
+    bus: EventBus,
+    admin: AdminServer | None,
+    on_ready: Callable[[list[BoundListener]], None] | None,
+    on_admin: Callable[[tuple[str, int] | None], None] | None,
+    task_status: trio.TaskStatus[list[BoundListener]],
+    tune_gc: bool,
+) -> None:
     spill_dir = config.server.var_dir / "tmp"
     spill_dir.mkdir(exist_ok=True)
     plugins = load_plugin_set(config)
@@ -192,6 +214,9 @@ async def run(
             host = PluginHost(
                 plugins, sandbox=sandbox, spill_dir=spill_dir, health=plugin_health(config, bus)
             )
+            # `trio-mta queue|status|plugins` and the admin child talk to this daemon here.
+            control = ControlServer(socket_path(config.server.var_dir))
+            await services.start(control.serve)
             # Plugins finish their async start-up before the first client is accepted.
             await plugins.startup()
             await services.start(host.serve)
@@ -206,6 +231,8 @@ async def run(
                 queue = make_queue(config, host, bus)
                 await services.start(queue.serve)
                 host.queue = queue
+                for name, handler in queue.commands().items():
+                    control.register(name, handler)
             if tune_gc:
                 _tune_gc()
             server = SMTPServer(config, host.handler, tls=tls, bus=bus)
@@ -236,7 +263,6 @@ async def run(
                 with trio.move_on_at(drained_by):
                     await queue.wait_idle()
             services.cancel_scope.cancel()
-    log.info("stopped")
 
 
 async def _reload(config: Config, host: PluginHost, tls: TlsProvider | None = None) -> None:

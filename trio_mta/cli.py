@@ -16,6 +16,7 @@ import trio
 from . import __version__, app, logs, queue
 from .admin import AdminSetupError, add_watch_parser
 from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
+from .control import AlreadyRunning
 from .hooks import PluginLoadError, check_username, hash_password, parse_users, update_users
 from .server import BoundListener, TlsSetupError, auth_warnings
 
@@ -64,6 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     try:
         trio.run(lambda: app.run(config, on_ready=_print_ready, tune_gc=True))
+    except AlreadyRunning as exc:
+        # One line, and nothing of the running daemon's (pid file, socket, spool) touched.
+        print(f"trio-mta: not starting: {exc}", file=sys.stderr)
+        return 1
     except (PluginLoadError, TlsSetupError, AdminSetupError, OSError, ExceptionGroup) as exc:
         # A listener that cannot bind or a plugin that cannot start fails inside the app's
         # nursery, so trio hands it over wrapped in (nested) exception groups.
@@ -255,10 +260,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGPIPE_EXIT = 128 + 13  # what a shell reports for a tool that SIGPIPE ended
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed()
+    except BaseExceptionGroup as group:  # a Trio command (watch) whose reader went away
+        rest = group.subgroup(lambda e: not isinstance(e, BrokenPipeError | BaseExceptionGroup))
+        if rest is not None:
+            raise
+        return _stdout_closed()
     return result
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``trio-mta queue list | head``): stop quietly, as
+    Unix tools do, instead of a traceback. Python would flush stdout again at exit and fail
+    once more, so stdout now points at /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return SIGPIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from tests.helpers.smtp import LineClient, ReplyStreamClosed
 from tests.integration_queue.conftest import free_port
 from tests.integration_queue.kit import Peer, PeerHandler
 
-from .conftest import Daemon, StartDaemon, write_conf
+from .conftest import Daemon, StartDaemon, daemon_command, write_conf
 
 SINK_IP = "127.0.0.2"
 TOTAL = 2000
@@ -169,6 +170,71 @@ async def test_queue_commands_go_through_the_running_daemon(
         assert flushed.strip() == "flushed 0"
         assert not (daemon.var_dir / "queue" / "queue" / f"{qid}.env").exists()
         assert (daemon.var_dir / "queue" / "daemon.pid").exists()
+
+
+async def test_queue_actions_take_effect_in_the_running_daemon_at_once(
+    start_daemon: StartDaemon, tmp_path: Path, sink: Peer
+) -> None:
+    conf = queue_conf(tmp_path / "conf", sink.port)
+    toml = (conf / "trio-mta.toml").read_text().replace("retry_first = 1.0", "retry_first = 3600")
+    (conf / "trio-mta.toml").write_text(toml)
+    handler = sink.handler
+    rcpt = "defer@sink.test"
+
+    async def cli(*args: str) -> str:
+        return await trio.to_thread.run_sync(queue_cli, conf, daemon.var_dir, *args)
+
+    async def tries(n: int) -> None:
+        while handler.rcpt_seen.get(rcpt, 0) < n:  # noqa: ASYNC110  # the peer's thread
+            await trio.sleep(0.02)
+
+    with trio.fail_after(30):
+        daemon = await start_daemon(conf)
+        client = await daemon.greeted()
+        answer = await client.transaction("a@sender.test", [rcpt], b"Subject: x\r\n\r\nx\r\n")
+        qid = answer.lines[0].split()[-1]
+        await tries(1)  # deferred; the next try is an hour away
+        assert (await cli("flush", "--to", rcpt)).strip() == "flushed 1"
+        await tries(2)  # at once, not in an hour
+        assert (await cli("hold", qid)).strip() == f"held {qid}"
+        listed = json.loads(await cli("list", "--json"))
+        assert [(e["id"], e["state"]) for e in listed] == [(qid, "held")]
+        assert (await cli("flush", "ALL")).strip() == "flushed 0"  # held: stays held
+        assert handler.rcpt_seen[rcpt] == 2
+        assert (await cli("release", "--from", "a@sender.test")).strip() == f"released {qid}"
+        await tries(3)
+        shown = await cli("show", qid, "--body")
+        assert "Subject: x" in shown
+        assert "*** message ***" in shown
+
+
+async def test_a_second_daemon_on_the_same_var_dir_refuses_to_start(
+    start_daemon: StartDaemon, tmp_path: Path, sink: Peer
+) -> None:
+    conf = queue_conf(tmp_path / "conf", sink.port)
+    with trio.fail_after(30):
+        first = await start_daemon(conf)
+        args = ["run", "--config", str(conf), "--listen", "127.0.0.1:0"]
+        second = await trio.run_process(
+            daemon_command(*args, "--var-dir", str(first.var_dir)),
+            capture_stdout=True, capture_stderr=True, check=False, cwd=str(tmp_path),
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert second.stdout == b""
+        [line] = second.stderr.decode().splitlines()
+        assert f"another trio-mta (pid {first.process.pid};" in line
+        assert line.startswith("trio-mta: not starting: ")
+        # The first daemon's files are still there, and it still answers.
+        pid_file = first.var_dir / "queue" / "daemon.pid"
+        assert pid_file.read_text().strip() == str(first.process.pid)
+        assert (first.var_dir / "control.sock").exists()
+        assert "-- 0 message(s)" in await trio.to_thread.run_sync(
+            queue_cli, conf, first.var_dir, "list"
+        )
+        first.signal(signal.SIGTERM)
+        assert await first.wait_exit() == 0
+    assert not (first.var_dir / "control.sock").exists()
+    assert not pid_file.exists()
 
 
 async def test_sigterm_lets_a_delivery_in_progress_finish(

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-import attrs
 import pytest
 
 from trio_mta import cli
-from trio_mta.queue import Command, Envelope, Recipient, Spool, send_command
-from trio_mta.queue._control import daemon_pid, parse_command
+from trio_mta.control import VarDirLock
+from trio_mta.queue import Envelope, Recipient, Selection, Spool, ask
+from trio_mta.queue._control import DaemonBusy
 from trio_mta.queue._records import dumps
+from trio_mta.queue._select import parse_duration
 
 
 def make_spool(var_dir: Path) -> Spool:
@@ -61,31 +63,54 @@ def test_changes_on_a_stopped_spool(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert spool.ids() == ["m2"]
     assert not spool.message_path("m1").exists()
     assert run(tmp_path, "delete", "m1") == 1
-    assert run(tmp_path, "hold") == 2
-    assert "error: no message m1" in capsys.readouterr().out
+    assert run(tmp_path, "hold") == 1
+    assert "no message m1" in capsys.readouterr().err
 
 
-def test_a_stale_pid_file_is_not_a_daemon(tmp_path: Path) -> None:
+def test_bulk_selection_json_and_body_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spool = make_spool(tmp_path)
-    if not any(m in Path("/proc/self/cmdline").read_bytes() for m in (b"trio-mta", b"trio_mta")):
-        (spool.root / "daemon.pid").write_text(f"{os.getpid()}\n")  # alive, but not trio-mta
-        assert daemon_pid(spool.root) is None
-    (spool.root / "daemon.pid").write_text("999999999\n")
-    assert daemon_pid(spool.root) is None
-    assert send_command(spool.root, Command("hold", "m2")) == "held m2"
+    assert run(tmp_path, "list", "--json", "--domain", "other.test") == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert entry["id"] == "m2"
+    assert entry["recipients"][0]["address"] == "c@other.test"
+    assert run(tmp_path, "hold", "ALL", "--to", "@dest.test") == 0
+    assert capsys.readouterr().out == "held m1\n"
+    assert spool.read("m1").held
+    assert not spool.read("m2").held
+    assert run(tmp_path, "release", "--from", "A@Sender.test", "--older-than", "1d") == 0
+    assert capsys.readouterr().out.splitlines() == ["released m1", "released m2"]
+    assert run(tmp_path, "hold", "--from", "<>") == 0  # no bounces here
+    assert capsys.readouterr().out == "held 0\n"
+    assert run(tmp_path, "delete") == 1  # nothing selected: refused, not "everything"
+    assert "select messages" in capsys.readouterr().err
+    assert run(tmp_path, "show", "m1", "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["headers"] == "Subject: hello"
+    assert "message" not in shown
+    assert run(tmp_path, "show", "m1", "--body") == 0
+    out = capsys.readouterr().out
+    assert "sender: <a@sender.test>" in out
+    assert out.endswith("*** message ***\nSubject: hello\r\n\r\nbody\n")
+    assert run(tmp_path, "delete", "ALL") == 0
+    assert spool.ids() == []
+    assert (tmp_path / "trio-mta.lock").read_text() == f"{os.getpid()}\n"  # the CLI held it
 
 
-def test_command_syntax() -> None:
-    assert parse_command("flush") == Command("flush")
-    assert parse_command("flush dest.test") == Command("flush", "dest.test")
-    assert str(Command("hold", "m1")) == "hold m1"
-    for bad in ("", "hold", "bounce m1", "hold a b"):
-        with pytest.raises(ValueError):
-            parse_command(bad)
+def test_the_offline_cli_holds_the_lock_and_a_running_daemon_is_asked(tmp_path: Path) -> None:
+    make_spool(tmp_path)
+    # A daemon starting up holds the lock before its socket listens.
+    with VarDirLock(tmp_path), pytest.raises(DaemonBusy, match=f"pid {os.getpid()}"):
+        ask(tmp_path, tmp_path / "queue", "hold", {"id": "m1"})
 
 
-def test_envelope_evolve_is_what_cli_writes(tmp_path: Path) -> None:
-    spool = make_spool(tmp_path)
-    before = spool.read("m1")
-    send_command(spool.root, Command("hold", "m1"))
-    assert spool.read("m1") == attrs.evolve(before, held=True, next_attempt=0.0)
+def test_selection_arguments() -> None:
+    assert Selection.from_args({"ids": ["ALL"]}) == Selection(all=True)
+    assert Selection.from_args({"id": "m1", "older_than": "2h"}).older_than == 7200
+    with pytest.raises(ValueError):
+        Selection.from_args({"older_than": "soon"})
+    with pytest.raises(ValueError):
+        Selection.from_args({"ids": [3]})
+    assert parse_duration("15m") == 900
+    assert parse_duration("1w") == 7 * 86400

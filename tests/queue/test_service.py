@@ -18,7 +18,7 @@ from tests.queue.kit import (
     until_empty,
 )
 from trio_mta.protocol import Reply
-from trio_mta.queue import Command, QueueService, Status
+from trio_mta.queue import QueueService, Status
 
 
 async def attempted(service: QueueService, id: str, times: int = 1) -> None:
@@ -170,23 +170,55 @@ async def test_hold_release_delete_and_flush(
 ) -> None:
     fake = FakeDeliverer()
     service = await started(nursery, make_service(tmp_path, fake, retry_first=3600.0))
+    cmd = service.commands()
     late = await service.submit(connection("a@sender.test", ["late@dest.test"]))
     await attempted(service, late)  # first attempt deferred; the next is an hour away
-    assert await service.apply(Command("hold", late)) == f"held {late}"
+    assert await cmd["queue.hold"]({"id": late}) == {"action": "held", "ids": [late]}
     assert service.spool.read(late).held
-    assert await service.apply(Command("flush")) == "flushed 0"  # held: not flushed
-    assert await service.apply(Command("release", late)) == f"released {late}"
+    assert late not in service.scheduler  # no retry while held
+    flushed = await cmd["queue.flush"]({})
+    assert flushed == {"action": "flushed", "ids": []}  # held: not flushed
+    assert await cmd["queue.release"]({"id": late}) == {"action": "released", "ids": [late]}
     await until_empty(service, cap=10)  # released: due now, not in an hour
     doomed = await service.submit(connection("a@sender.test", ["defer@dest.test"]))
     await attempted(service, doomed)
-    assert await service.apply(Command("delete", doomed)) == f"deleted {doomed}"
+    assert await cmd["queue.delete"]({"ids": [doomed]}) == {"action": "deleted", "ids": [doomed]}
     assert doomed not in service.envelopes
     assert not service.spool.envelope_path(doomed).exists()
     again = await service.submit(connection("a@sender.test", ["late@other.test"]))
     await attempted(service, again)
-    assert await service.apply(Command("flush", "other.test")) == "flushed 1"
+    assert await cmd["queue.flush"]({"domain": "other.test"}) == {
+        "action": "flushed",
+        "ids": [again],
+    }
     await until_empty(service, cap=10)
     assert again not in service.envelopes
+    with pytest.raises(LookupError):
+        await cmd["queue.hold"]({"id": "nosuchid"})
+    with pytest.raises(ValueError, match="select messages"):
+        await cmd["queue.hold"]({})
+
+
+async def test_bulk_selection_in_the_daemon(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    service = await started(nursery, make_service(tmp_path, FakeDeliverer(), retry_first=3600.0))
+    cmd = service.commands()
+    one = await service.submit(connection("a@sender.test", ["defer1@dest.test"]))
+    two = await service.submit(connection("b@other.test", ["defer@dest.test"]))
+    three = await service.submit(connection("b@other.test", ["defer2@other.test"]))
+    for id in (one, two, three):
+        await attempted(service, id)
+    held = await cmd["queue.hold"]({"sender": "@other.test"})
+    assert sorted(held["ids"]) == sorted([two, three])
+    listed = await cmd["queue.list"]({"domain": "other.test"})
+    assert [e["id"] for e in listed] == [three]
+    assert listed[0]["state"] == "held"
+    assert (await cmd["queue.release"]({"recipient": "defer@DEST.test"}))["ids"] == [two]
+    assert (await cmd["queue.delete"]({"ids": ["ALL"], "older_than": 86400}))["ids"] == []
+    deleted = await cmd["queue.delete"]({"all": True})
+    assert sorted(deleted["ids"]) == sorted([one, two, three])
+    assert not {one, two, three} & set(service.envelopes)
 
 
 async def test_recovery_reschedules_everything_and_sets_corrupt_entries_aside(

@@ -6,8 +6,7 @@ server as its ``hooks.OutboundQueue``; ``add_parser`` is the ``trio-mta queue`` 
 
 from ._attempt import settle as settle
 from ._cli import add_parser as add_parser
-from ._control import Command as Command
-from ._control import send_command as send_command
+from ._control import ask as ask
 from ._deliver import Deliverer as Deliverer
 from ._deliver import GroupResult as GroupResult
 from ._deliver import Outcome as Outcome
@@ -25,6 +24,7 @@ from ._route import RouteError as RouteError
 from ._route import Router as Router
 from ._schedule import Scheduler as Scheduler
 from ._schedule import retry_delay as retry_delay
+from ._select import Selection as Selection
 from ._service import QueueService as QueueService
 from ._service import spool_root as spool_root
 from ._spool import Spool as Spool

@@ -1,69 +1,97 @@
-"""``trio-mta queue`` commands, to a running daemon or on a stopped spool.
+"""``trio-mta queue`` actions: through the running daemon, or on a stopped spool.
 
-Theory of operation: reading (list, show, stats) only reads envelope files, which are always
-replaced by rename, so it is safe at any time. Changing (flush, hold, release, delete) goes
-through the daemon when one runs, so that the spool has one writer: the command is written
-to ``control/<random>.cmd`` (via a temporary name and a rename, so the daemon never reads half
-of it), the daemon is sent SIGUSR1, runs every command file, writes its answer to
-``<random>.done`` and deletes the command; the CLI waits for the answer. The daemon is "running"
-if ``daemon.pid`` names a live process whose command line mentions trio-mta/trio_mta (a stale
-file after a SIGKILL must not make us signal an unrelated process). Without a daemon the
-command is applied to the files directly.
+Theory of operation: the state directory's lock (``control.VarDirLock``) says whether a daemon
+runs. If the CLI can take it, none does: the CLI keeps it while it reads or changes the files,
+so a daemon cannot start in the middle (it would refuse, naming the CLI's pid). If it cannot,
+the daemon holding it is asked over the control socket, and acts at once on its own state
+(held entries leave its scheduler, flushed ones are due now). Envelope files are only ever
+replaced by rename, so the daemon, the CLI and a reader never see half a file.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import attrs
 
+from ..control import AlreadyRunning, NotRunning, VarDirLock, request
 from ._records import CorruptEntry, Envelope, dumps
+from ._select import Selection
 from ._spool import Spool
+from ._views import envelope_view, show_view
 
-VERBS = frozenset({"flush", "hold", "release", "delete"})
-
-
-@attrs.frozen
-class Command:
-    verb: str
-    target: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.verb} {self.target}" if self.target else self.verb
+ACTIONS = ("list", "show", "flush", "hold", "release", "delete")
 
 
-def parse_command(text: str) -> Command:
-    words = text.split()
-    if not words or words[0] not in VERBS or len(words) > 2:
-        raise ValueError(f"bad command {text!r}")
-    target = words[1] if len(words) == 2 else None
-    if target is None and words[0] != "flush":
-        raise ValueError(f"{words[0]} needs a queue id")
-    return Command(words[0], target)
+class DaemonBusy(Exception):
+    """The state directory is locked, but nothing answers on the control socket."""
 
 
-def read_commands(control: Path) -> list[tuple[Path, Command]]:
-    """Blocking. The pending command files, oldest first; unreadable ones are answered here."""
-    found: list[tuple[float, Path]] = []
+def ask(var_dir: Path, spool_root: Path, action: str, args: dict[str, Any]) -> Any:
+    """Blocking. ``queue.<action>`` with ``args`` (a ``Selection``'s, plus ``id``/``body`` for
+    show): the daemon's answer, or the same computed on the stopped spool.
+
+    Raises:
+        ValueError, LookupError: a bad selection, or no such message (offline).
+        control.ControlError: the daemon refused (the message says why).
+        DaemonBusy: a daemon holds the lock but does not answer (starting, or stuck).
+    """
+    lock = VarDirLock(var_dir)
     try:
-        for path in control.glob("*.cmd"):
-            try:
-                found.append((path.stat().st_mtime, path))
-            except FileNotFoundError:
-                continue
-    except FileNotFoundError:
-        return []
-    commands: list[tuple[Path, Command]] = []
-    for _, path in sorted(found):
+        if var_dir.is_dir():
+            lock.acquire()
+    except AlreadyRunning as exc:
         try:
-            commands.append((path, parse_command(path.read_text("utf-8"))))
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            write_answer(path, f"error: {exc}")
-    return commands
+            return request(var_dir, f"queue.{action}", **args)
+        except NotRunning:
+            raise DaemonBusy(f"{exc}, but it does not answer on its control socket") from None
+    try:
+        return offline(Spool(spool_root, fsync=True), action, args)
+    finally:
+        lock.release()
+
+
+def offline(spool: Spool, action: str, args: dict[str, Any]) -> Any:
+    """Blocking. ``action`` on a spool no daemon runs on (the caller holds the lock)."""
+    now = time.time()
+    if action == "show":
+        id = args.get("id")
+        try:
+            env = spool.read(str(id))
+        except (FileNotFoundError, CorruptEntry, OSError):
+            raise LookupError(f"no message {id}") from None
+        return show_view(spool, env, now, body=bool(args.get("body")))
+    selection = Selection.from_args(args)
+    if action == "list":
+        found = entries(spool) if selection.empty else selection.pick(entries(spool), now)
+        return [envelope_view(e, now) for e in sorted(found, key=lambda e: e.created)]
+    if action == "flush" and selection.empty:
+        selection = attrs.evolve(selection, all=True)
+    selection.check()
+    picked = selection.pick(entries(spool), now)
+    missing = [i for i in selection.ids if i not in {e.id for e in picked}]
+    if missing and not picked:
+        raise LookupError(f"no message {', '.join(missing)}")
+    for env in picked:
+        if action == "delete":
+            spool.envelope_path(env.id).unlink(missing_ok=True)
+            spool.message_path(env.id).unlink(missing_ok=True)
+        elif action == "flush":
+            if not env.held:
+                _replace(spool.envelope_path(env.id), dumps(attrs.evolve(env, next_attempt=0.0)))
+        elif action in ("hold", "release"):
+            held = action == "hold"
+            changed = attrs.evolve(env, held=held, next_attempt=env.next_attempt if held else 0.0)
+            _replace(spool.envelope_path(env.id), dumps(changed))
+        else:
+            raise ValueError(f"unknown action {action!r}")
+    ids = [e.id for e in picked if action != "flush" or not e.held]
+    verb = {"delete": "deleted", "flush": "flushed", "hold": "held", "release": "released"}
+    return {"action": verb[action], "ids": ids, "offline": True}
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -75,74 +103,6 @@ def _replace(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def write_answer(command: Path, answer: str) -> None:
-    _replace(command.with_suffix(".done"), answer.encode("utf-8"))
-    command.unlink(missing_ok=True)
-
-
-def daemon_pid(root: Path) -> int | None:
-    try:
-        pid = int((root / "daemon.pid").read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid  # no /proc: trust the live pid
-    return pid if b"trio-mta" in cmdline or b"trio_mta" in cmdline else None
-
-
-def send_command(root: Path, command: Command, *, wait: float = 10.0) -> str:
-    """Run ``command`` through the running daemon, or on the stopped spool."""
-    spool = Spool(root, fsync=True)
-    pid = daemon_pid(root)
-    if pid is None:
-        return apply_offline(spool, command)
-    spool.control.mkdir(parents=True, exist_ok=True)
-    path = spool.control / f"{uuid.uuid4().hex}.cmd"
-    _replace(path, str(command).encode("utf-8"))
-    os.kill(pid, signal.SIGUSR1)
-    done = path.with_suffix(".done")
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if done.exists():
-            answer = done.read_text("utf-8")
-            done.unlink(missing_ok=True)
-            return answer
-        time.sleep(0.02)
-    path.unlink(missing_ok=True)
-    return f"error: the daemon (pid {pid}) did not answer within {wait:g} s"
-
-
-def apply_offline(spool: Spool, command: Command) -> str:
-    """Blocking. ``command`` on the files of a spool no daemon is running on."""
-    if command.verb == "flush":
-        count = 0
-        for env in entries(spool):
-            domain = (command.target or "").lower()
-            if (
-                command.target is None
-                or env.id == command.target
-                or any(r.domain == domain for r in env.pending)
-            ):
-                _replace(spool.envelope_path(env.id), dumps(attrs.evolve(env, next_attempt=0.0)))
-                count += 1
-        return f"flushed {count} (due when the daemon starts)"
-    target = command.target or ""
-    try:
-        env = spool.read(target)
-    except (FileNotFoundError, CorruptEntry, OSError):
-        return f"error: no message {target}"
-    if command.verb == "delete":
-        spool.envelope_path(target).unlink(missing_ok=True)
-        spool.message_path(target).unlink(missing_ok=True)
-        return f"deleted {target}"
-    held = command.verb == "hold"
-    _replace(spool.envelope_path(target), dumps(attrs.evolve(env, held=held, next_attempt=0.0)))
-    return f"{'held' if held else 'released'} {target}"
 
 
 def entries(spool: Spool) -> list[Envelope]:

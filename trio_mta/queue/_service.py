@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 ``serve`` recovers the spool (every entry is scheduled again, corrupt ones set aside), then
 runs in one supervisor nursery: the scheduler (sleeps until the next due time), the dispatcher
-(takes a slot of the active window, then the next due id, and starts a worker task for it) and,
-in the daemon, the SIGUSR1 watcher for ``trio-mta queue`` commands. Only then does it report
-ready, and the SMTP listeners start after it.
+(takes a slot of the active window, then the next due id, and starts a worker task for it).
+Only then does it report ready, and the SMTP listeners start after it. ``commands`` gives the
+``queue.*`` handlers of the control socket (``_commands``): hold, release, delete and flush act
+on this running service at once.
 
 ``submit`` is the server's way in: the envelope and the message are stored durably (shielded
 from cancellation: once the data is on its way to disk the entry will exist, so it must also
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +41,13 @@ import attrs
 import trio
 
 from ..config import Config
+from ..control import Handler
 from ..events import Delivered, DeliveryBounced, DeliveryDeferred, Event
 from ..hooks import Connection, HookRunner
 from ..protocol import Reply
 from ..resolver import Resolver
 from ._attempt import Attempt, newly, settle
-from ._control import Command, read_commands, write_answer
+from ._commands import QueueCommands
 from ._deliver import Deliverer, Outcome, SMTPDeliverer
 from ._notices import Notices
 from ._records import Envelope, Recipient, Status
@@ -100,7 +101,7 @@ class QueueService:
         deliverer: Deliverer | None = None,
         now: Callable[[], float] = time.time,
         ids: Callable[[], str] | None = None,
-        signals: bool = False,
+        pid_file: bool = False,
         spool: Spool | None = None,
         publish: Callable[[Event], None] | None = None,
         wanted: Callable[[], bool] = lambda: True,
@@ -110,7 +111,7 @@ class QueueService:
         self.spool = spool or Spool(spool_root(config), fsync=q.fsync)
         self.now = now
         self.ids = ids or QueueIds()
-        self.signals = signals
+        self.pid_file = pid_file
         self.scheduler = Scheduler()
         deliverer = deliverer or SMTPDeliverer(
             helo=config.server.hostname, connect_timeout=q.connect_timeout
@@ -202,14 +203,12 @@ class QueueService:
                 deliverer = self.attempt.deliverer
                 if isinstance(deliverer, SMTPDeliverer):
                     supervisor.start_soon(deliverer.sessions.reap, name="queue session reaper")
-                if self.signals:
-                    await supervisor.start(self._watch_signals)
+                if self.pid_file:
                     pid_file.write_text(f"{os.getpid()}\n")
-                await self.control(at_start=True)
                 self.ready.set()
                 task_status.started()
         finally:
-            if self.signals:
+            if self.pid_file:
                 pid_file.unlink(missing_ok=True)
             with trio.move_on_after(5, shield=True):
                 await self.spool.aclose()
@@ -378,74 +377,46 @@ class QueueService:
 
     # ------------------------------------------------------------------ control
 
-    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
-        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
-            task_status.started()
-            async for _ in signals:
-                await self.control()
+    def commands(self) -> dict[str, Handler]:
+        """The ``queue.*`` commands for the control socket (``_commands``)."""
+        return QueueCommands(self).handlers()
 
-    async def control(self, *, at_start: bool = False) -> None:
-        """Run the commands ``trio-mta queue`` left in ``control/`` (read on the event loop at
-        start-up, in a thread afterwards)."""
-        if at_start:
-            commands = read_commands(self.spool.control)
+    async def hold(self, id: str, *, held: bool) -> None:
+        """Hold ``id`` (no attempt starts until released) or release it (due now)."""
+        env = self.envelopes.get(id)
+        if env is None:
+            raise LookupError(f"no message {id}")
+        env = attrs.evolve(env, held=held, next_attempt=env.next_attempt if held else self.now())
+        self.envelopes[id] = env
+        if id not in self.scheduler.active:  # else the attempt's end writes it
+            await self.spool.update(env)
+        if held:
+            self.scheduler.discard(id)
         else:
-            commands = await self._blocking(read_commands, self.spool.control)
-        for path, command in commands:
-            try:
-                answer = await self.apply(command)
-            except Exception as exc:  # a bad command must not stop the queue
-                log.exception("queue: control command %s failed", command)
-                answer = f"error: {exc}"
-            await self._blocking(write_answer, path, answer)
+            self.scheduler.add(id, trio.current_time())
 
-    async def apply(self, command: Command) -> str:
-        verb, target = command.verb, command.target
-        if verb == "flush":
-            return self.flush(target)
-        env = self.envelopes.get(target or "")
-        if env is None or target is None:
-            return f"error: no message {target}"
-        if verb == "delete":
-            self._deleted.add(target)
-            self.scheduler.discard(target)
-            if target not in self.scheduler.active:
-                await self.spool.remove(target)
-                self.envelopes.pop(target, None)
-                self._deleted.discard(target)
-            return f"deleted {target}"
-        if verb in ("hold", "release"):
-            held = verb == "hold"
-            env = attrs.evolve(
-                env, held=held, next_attempt=self.now() if not held else env.next_attempt
-            )
-            self.envelopes[target] = env
-            if target not in self.scheduler.active:
-                await self.spool.update(env)
-            if held:
-                self.scheduler.discard(target)
-            else:
-                self.scheduler.add(target, trio.current_time())
-            return f"{'held' if held else 'released'} {target}"
-        return f"error: unknown command {command}"
+    async def delete(self, id: str) -> None:
+        """Remove ``id`` from the spool (after its attempt, when one runs)."""
+        if id not in self.envelopes:
+            raise LookupError(f"no message {id}")
+        self._deleted.add(id)
+        self.scheduler.discard(id)
+        if id not in self.scheduler.active:
+            await self.spool.remove(id)
+            self.envelopes.pop(id, None)
+            self._deleted.discard(id)
 
-    def flush(self, target: str | None) -> str:
-        """Everything waiting (or one id, or one domain's messages) is due now."""
-        ids = self.scheduler.ids_waiting()
-        if target is not None:
-            lowered = target.lower()
-            ids = [
-                id
-                for id in ids
-                if id == target or any(r.domain == lowered for r in self.envelopes[id].pending)
-            ]
-            self.attempt.dead_until.pop(lowered, None)
-        else:
-            self.attempt.dead_until.clear()
+    def flush_ids(self, ids: list[str]) -> list[str]:
+        """Every id of ``ids`` that waits for its retry is due now, and its destinations are
+        no longer skipped as dead. Held ones stay held; running ones are running."""
+        waiting = set(self.scheduler.ids_waiting())
+        flushed = [id for id in ids if id in waiting]
         now = trio.current_time()
-        for id in ids:
+        for id in flushed:
             self.scheduler.add(id, now)
-        return f"flushed {len(ids)}"
+        if flushed:  # the operator wants a try now, even where a destination seemed dead
+            self.attempt.dead_until.clear()
+        return flushed
 
     def statistics(self) -> dict[str, int]:
         held = sum(1 for e in self.envelopes.values() if e.held)

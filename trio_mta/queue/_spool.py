@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Layout under the spool root: ``tmp/`` (files being written), ``queue/`` (entries), ``corrupt/``
-(entries that could not be read back), ``control/`` (commands from ``trio-mta queue``).
+(entries that could not be read back).
 
 An entry exists once its ``.env`` is in ``queue/``. ``store`` writes both files to ``tmp/``,
 makes their data durable, renames the message and then the envelope into ``queue/`` and makes
@@ -51,14 +51,13 @@ class Spool:
         self.tmp = root / "tmp"
         self.queue = root / "queue"
         self.corrupt = root / "corrupt"
-        self.control = root / "control"
         self.disk = SpoolDisk(root, fsync=fsync)
         self.writer: BatchProcess[Job, Envelope | None] = BatchProcess(
             SpoolDisk, root, fsync=fsync, name="spool"
         )
 
     def create(self) -> None:
-        for directory in (self.tmp, self.queue, self.corrupt, self.control):
+        for directory in (self.tmp, self.queue, self.corrupt):
             directory.mkdir(parents=True, exist_ok=True)
 
     def message_path(self, id: str) -> Path:
