@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from trio_mta import cli
@@ -114,3 +117,43 @@ def test_selection_arguments() -> None:
         Selection.from_args({"ids": [3]})
     assert parse_duration("15m") == 900
     assert parse_duration("1w") == 7 * 86400
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("queue", "list"), ("queue", "list", "--json"), ("queue", "show", "m1", "--body")],
+)
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``trio-mta queue list | head``: the reader is gone before we write."""
+    make_spool(tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_mta", *args[:1], "--var-dir", str(tmp_path), *args[1:]],
+            stdout=write_end, stderr=subprocess.PIPE, check=False, timeout=30,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.stderr == b""
+    assert result.returncode == cli.SIGPIPE_EXIT
+
+
+def test_output_into_a_pipe_closed_midway_ends_quietly(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path)
+    env = spool.read("m1")
+    for n in range(1500):  # about 200 KB of listing: far more than a pipe holds
+        id = f"bulk{n:05d}"
+        spool.message_path(id).write_bytes(b"Subject: x\r\n\r\nx\r\n")
+        spool.envelope_path(id).write_bytes(dumps(attrs.evolve(env, id=id)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trio_mta", "queue", "--var-dir", str(tmp_path), "list"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.readline().startswith(b"ID ")  # `head -1`
+    process.stdout.close()
+    assert process.wait(timeout=30) == cli.SIGPIPE_EXIT
+    assert process.stderr.read() == b""
+    process.stderr.close()
