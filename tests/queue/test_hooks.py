@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from tests.queue.kit import FakeDeliverer, connection, make_service, started, until_empty
+from trio_mta.config import RouteConfig
 from trio_mta.hooks import HookRunner, PluginEnv, PluginSet, load_plugins
 
 PLUGIN = """
@@ -84,4 +85,25 @@ async def test_outbound_hooks(
     # the local sender's through the queue hook (local delivery), not over SMTP.
     bounced_to = [c.recipients for c in fake.calls if c.sender is None]
     assert bounced_to == [("a@sender.test",)]
+    assert ("queue", ("me@example.test",), None) in seen
+
+
+async def test_a_smart_host_does_not_take_local_mail_or_our_bounces_to_local_users(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    loaded = plugins(tmp_path)
+    fake = FakeDeliverer()
+    smart = (RouteConfig(domain="*", host="192.0.2.25"),)
+    service = await started(
+        nursery, make_service(tmp_path, fake, runner=lambda: HookRunner(loaded), routes=smart)
+    )
+    # A relayed message to a local user and a remote one; a local sender's failed message.
+    await service.submit(connection("a@sender.test", ["user@example.test", "x@dest.test"]))
+    await service.submit(connection("me@example.test", ["reject@dest.test"]))
+    await until_empty(service)
+    seen = loaded.plugins[0].seen  # type: ignore[attr-defined]  # the test plugin's record
+    # Remote mail goes to the smart host; local mail and the bounce to me@ are local.
+    assert {c.recipients for c in fake.calls} == {("x@dest.test",), ("reject@dest.test",)}
+    assert {c.hops for c in fake.calls} == {(("192.0.2.25", 25),)}
+    assert [s[1] for s in seen if s[0] == "queue"] == [("user@example.test",), ("me@example.test",)]
     assert ("queue", ("me@example.test",), None) in seen

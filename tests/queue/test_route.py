@@ -104,3 +104,18 @@ async def test_hosts_from_a_plugin_replace_the_lookup(tmp_path: Path) -> None:
 
 async def test_address_literal_domain(tmp_path: Path) -> None:
     assert await hops(router(tmp_path), "[192.0.2.8]") == [("192.0.2.8", "192.0.2.8", 25)]
+
+
+async def test_the_smart_host_is_for_non_local_mail_only(tmp_path: Path) -> None:
+    # As Postfix's relayhost: `*` never takes [server] local_domains (here localhost and
+    # example.test), while a route the operator wrote for a local domain still applies.
+    r = router(
+        tmp_path,
+        RouteConfig(domain="*", host="smart.test"),
+        RouteConfig(domain="localhost", host="192.0.2.60"),
+    )
+    for local in ("example.test", "EXAMPLE.test"):
+        assert r.route(local).config is None
+    assert r.route("sub.example.test").config is not None  # not itself a local domain
+    assert r.route("elsewhere.test").key == "smart.test:25"
+    assert r.route("localhost").key == "192.0.2.60:25"

@@ -3,13 +3,16 @@
 Theory of operation (RFC 5321 §5.1, RFC 7505)
 ---------------------------------------------
 A ``[[route]]`` whose ``domain`` is the recipient domain wins, then the longest ``.suffix``
-route, then ``*`` (a smart host). A route with a ``host`` goes there; otherwise (and with no
-route) the hosts come from a ``get_mx`` plugin or from DNS: MX records sorted by preference,
-shuffled among equal preferences; no MX records at all means the domain itself is the one
-"implicit" MX (its A/AAAA records); a Null MX (a single ``MX 0 .``) means the domain accepts no
-mail: a permanent failure. A domain that does not exist (NXDOMAIN) fails permanently; a DNS
-failure that may be temporary defers. Every host name becomes its IPv4 then IPv6 addresses,
-up to ``MAX_ADDRESSES`` hops in all; the caller tries them in order.
+route, then ``*`` (a smart host), which applies to non-local mail only (Postfix's
+``relayhost``): a domain of ``[server] local_domains`` with no route of its own is delivered
+locally (the ``queue`` hook), our own bounces to local users included.
+A route with a ``host`` goes there; otherwise (and with no route) the hosts come from a
+``get_mx`` plugin or from DNS: MX records sorted by preference, shuffled among equal
+preferences; no MX records at all means the domain itself is the one "implicit" MX (its A/AAAA
+records); a Null MX (a single ``MX 0 .``) means the domain accepts no mail: a permanent failure.
+A domain that does not exist (NXDOMAIN) fails permanently; a DNS failure that may be temporary
+defers. Every host name becomes its IPv4 then IPv6 addresses, up to ``MAX_ADDRESSES`` hops in
+all; the caller tries them in order.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Router:
         self, config: Config, resolver: Resolver, *, rng: random.Random | None = None
     ) -> None:
         self.routes = {r.domain: r for r in config.routes}
+        self.local_domains = frozenset(config.server.local_domains)
         self.port = config.queue.port
         self.starttls = config.queue.starttls
         self.resolver = resolver
@@ -88,7 +92,8 @@ class Router:
                 found = self.routes.get("." + ".".join(labels[i:]))
                 if found is not None:
                     break
-        found = found or self.routes.get("*")
+        if found is None and domain not in self.local_domains:
+            found = self.routes.get("*")
         port = (found.port if found is not None else 0) or self.port
         policy = TlsPolicy(found.starttls) if found is not None and found.starttls else None
         key = f"{found.host}:{port}" if found is not None and found.host else domain
