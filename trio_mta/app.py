@@ -14,12 +14,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import attrs
 import trio
 
 from . import logs
 from .admin import AdminServer, Metrics
-from .config import Config, ConfigError, load_config
+from .config import Config
 from .control import ControlServer, VarDirLock, socket_path
 from .events import EventBus
 from .hooks import (
@@ -27,13 +26,13 @@ from .hooks import (
     HookRunner,
     PluginEnv,
     PluginHealth,
-    PluginLoadError,
     PluginSet,
     ProcessSandbox,
     load_plugins,
     watch_loop,
 )
 from .queue import QueueService
+from .reloader import Reloader
 from .resolver import DNSResolver, parse_nameserver
 from .server import (
     BoundListener,
@@ -154,13 +153,16 @@ async def run(
     on_admin: Callable[[tuple[str, int] | None], None] | None = None,
     task_status: trio.TaskStatus[list[BoundListener]] = trio.TASK_STATUS_IGNORED,
     tune_gc: bool = False,
+    pinned: frozenset[str] = frozenset(),
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT, then drain and return.
 
     ``bus`` carries the events (a new one from ``[admin]`` if not given); ``on_admin`` is told
     the admin listener's address (None: it could not bind) before the SMTP listeners open.
     ``tune_gc``: the daemon's process is ours alone, so tune its garbage collector
-    (``_tune_gc``); an embedding program (the tests) keeps its own settings.
+    (``_tune_gc``); an embedding program (the tests) keeps its own settings. ``pinned``: the
+    settings the command line gave (``"listeners"``, ``"server.var_dir"``), which a reload
+    keeps whatever the file says.
 
     Raises:
         PluginLoadError: a configured plugin cannot be loaded (nothing is listening yet).
@@ -179,7 +181,7 @@ async def run(
     lock = VarDirLock(config.server.var_dir)
     lock.acquire()
     try:
-        await _run_locked(config, bus, admin, on_ready, on_admin, task_status, tune_gc)
+        await _run_locked(config, bus, admin, on_ready, on_admin, task_status, tune_gc, pinned)
     finally:
         lock.release()
     log.info("stopped")
@@ -193,6 +195,7 @@ async def _run_locked(
     on_admin: Callable[[tuple[str, int] | None], None] | None,
     task_status: trio.TaskStatus[list[BoundListener]],
     tune_gc: bool,
+    pinned: frozenset[str],
 ) -> None:
     spill_dir = config.server.var_dir / "tmp"
     spill_dir.mkdir(exist_ok=True)
@@ -221,6 +224,7 @@ async def _run_locked(
             await plugins.startup()
             await services.start(host.serve)
             _follow_watchers(config, bus, host)
+            reloader = Reloader(config, host, load_plugin_set, tls=tls, bus=bus, pinned=pinned)
             if admin is not None:  # before SMTP: a watcher may see the very first connection
                 admin_address = await services.start(admin.serve)
                 if on_admin is not None:
@@ -248,7 +252,7 @@ async def _run_locked(
                     # logrotate renamed the file: the next line starts the new one.
                     log.info("signal %s: log file reopened", signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
-                    await _reload(config, host, tls)
+                    await reloader.reload()
                 if signum in (signal.SIGHUP, signal.SIGUSR1):
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)
@@ -263,34 +267,3 @@ async def _run_locked(
                 with trio.move_on_at(drained_by):
                     await queue.wait_idle()
             services.cancel_scope.cancel()
-
-
-async def _reload(config: Config, host: PluginHost, tls: TlsProvider | None = None) -> None:
-    """Re-read the configuration and re-import the plugins. Listener, limit, timeout and
-    state-directory changes need a restart; the plugin set and plugin settings change at once.
-    A broken new configuration or plugin is reported and the running set stays."""
-    try:
-        new_config = load_config(config.config_dir)
-        # The plugins keep the running state directory: it may come from the command line
-        # (--var-dir), which the file knows nothing about.
-        server = attrs.evolve(new_config.server, var_dir=config.server.var_dir)
-        # Certificates (checked by the loader) are renewed even if a plugin then fails.
-        if tls is not None:
-            tls.reload(attrs.evolve(new_config, server=server))
-        plugins = load_plugin_set(attrs.evolve(new_config, server=server))
-    except (ConfigError, PluginLoadError) as exc:
-        log.error("reload refused, keeping the running configuration and plugins:\n%s", exc)
-        return
-    if _needs_sandbox(plugins) and host.sandbox is None:
-        log.error("reload refused: a sandboxed plugin needs a restart to start the sandbox")
-        return
-    try:
-        await host.replace(plugins)
-    except Exception:  # a plugin's own start-up: the plugin boundary, not the daemon's end
-        log.exception("reload refused: a plugin failed to start; keeping the running plugins")
-        await plugins.shutdown()
-        return
-    log.info("reload: plugin generation %d in service", plugins.generation)
-    # The listeners are the running ones (they need a restart); the plugins are new.
-    for line in auth_warnings(config, plugins):
-        log.warning("%s", line)

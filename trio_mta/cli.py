@@ -43,6 +43,15 @@ def _apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
+def _pinned(args: argparse.Namespace) -> frozenset[str]:
+    """The settings the command line replaced: a reload keeps them, whatever the file says."""
+    return frozenset(
+        name
+        for name, given in (("server.var_dir", args.var_dir), ("listeners", args.listen))
+        if given
+    )
+
+
 def _print_ready(bound: list[BoundListener]) -> None:
     # One machine-readable line on stdout, so scripts and tests know the actual ports.
     addrs = " ".join(f"{b.name}={b.host}:{b.port}" for b in bound)
@@ -64,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"trio-mta: {exc}", file=sys.stderr)
         return 1
     try:
-        trio.run(lambda: app.run(config, on_ready=_print_ready, tune_gc=True))
+        trio.run(lambda: app.run(config, on_ready=_print_ready, tune_gc=True, pinned=_pinned(args)))
     except AlreadyRunning as exc:
         # One line, and nothing of the running daemon's (pid file, socket, spool) touched.
         print(f"trio-mta: not starting: {exc}", file=sys.stderr)

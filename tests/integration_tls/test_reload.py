@@ -1,4 +1,4 @@
-"""SIGHUP re-reads the certificates (``app._reload``, in process): new handshakes get the new
+"""SIGHUP re-reads the certificates (``Reloader.reload``, in process): new handshakes get the new
 ones, a connection made before keeps working on its own, and a broken certificate is refused
 with the running ones kept."""
 
@@ -15,6 +15,7 @@ import trio
 from tests.helpers.smtp import LineClient
 from trio_mta import app
 from trio_mta.config import load_config
+from trio_mta.reloader import Reloader
 from trio_mta.server import TlsProvider
 
 from .conftest import ONE, Certs, StartTlsMTA, TlsMTA
@@ -56,6 +57,11 @@ async def _peer_der(mta: TlsMTA, certs: Certs, name: str) -> tuple[bytes, LineCl
     return der, client
 
 
+async def _reload(mta: TlsMTA) -> None:
+    pinned = {"server.var_dir"}  # the test's var_dir, as --var-dir would be
+    await Reloader(mta.config, mta.host, app.load_plugin_set, tls=mta.tls, pinned=pinned).reload()
+
+
 def _file_der(path: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(path.read_text())
 
@@ -80,7 +86,7 @@ async def test_sighup_reload_swaps_certificates_for_new_connections(
         certs.write_pair(pem, pem.with_suffix(".key"), ONE)
         new_file = _file_der(pem)
         assert new_file != old_der
-        await app._reload(mta.config, mta.host, mta.tls)
+        await _reload(mta)
         new_der, new_client = await _peer_der(mta, certs, ONE)
         assert new_der == new_file
         # The connection made before the reload goes on with the certificate it got.
@@ -100,7 +106,7 @@ async def test_broken_certificate_on_reload_keeps_the_running_ones(
     good = _file_der(pem)
     pem.write_text("-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n")
     with trio.fail_after(CAP):
-        await app._reload(mta.config, mta.host, mta.tls)
+        await _reload(mta)
         assert mta.tls.context is running
         der, client = await _peer_der(mta, certs, ONE)
         await client.command("QUIT", 221)

@@ -6,6 +6,8 @@ checking that the certificates ``[tls]`` names load.
 
 from ._admin import AdminConfig as AdminConfig
 from ._admin import admin_problems as admin_problems
+from ._diff import ConfigChanges as ConfigChanges
+from ._diff import compare_configs as compare_configs
 from ._loader import CONFIG_FILE_NAME as CONFIG_FILE_NAME
 from ._loader import ConfigError as ConfigError
 from ._loader import ConfigIssue as ConfigIssue

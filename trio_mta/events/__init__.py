@@ -12,6 +12,7 @@ from ._json import event_json as event_json
 from ._types import EVENT_TYPES as EVENT_TYPES
 from ._types import SCHEMA_VERSION as SCHEMA_VERSION
 from ._types import AuthAttempted as AuthAttempted
+from ._types import ConfigReloaded as ConfigReloaded
 from ._types import ConnectionClosed as ConnectionClosed
 from ._types import ConnectionOpened as ConnectionOpened
 from ._types import Delivered as Delivered

@@ -219,6 +219,22 @@ class Delivered(Event):
     delay: float = 0.0  # seconds since the message arrived
 
 
+# -- the daemon -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ConfigReloaded(Event):
+    """A SIGHUP reload: what it put in force and what it could not (needs a restart)."""
+
+    TYPE: ClassVar[str] = "config.reload"
+
+    ok: bool  # False: refused, the running configuration and plugins stay
+    generation: int | None  # the plugin generation now in service (None when refused)
+    applied: tuple[str, ...]  # changed settings now in force, e.g. "[plugins] order"
+    restart_needed: tuple[str, ...]  # changed settings NOT in force until a restart
+    error: str | None = None
+
+
 # -- the stream itself ----------------------------------------------------------------------
 
 
@@ -247,6 +263,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeliveryDeferred,
     DeliveryBounced,
     Delivered,
+    ConfigReloaded,
     Gap,
 )
 
