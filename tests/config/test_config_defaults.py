@@ -25,6 +25,8 @@ def test_public_surface_is_curated() -> None:
         "BareLineEndings",
         "CONFIG_FILE_NAME",
         "Config",
+        "ConfigChanges",
+        "compare_configs",
         "ConfigError",
         "ConfigIssue",
         "DataConfig",

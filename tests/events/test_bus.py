@@ -33,6 +33,7 @@ def test_public_surface_is_curated() -> None:
         "RawItem",
         "as_event",
         "AuthAttempted",
+        "ConfigReloaded",
         "ConnectionClosed",
         "ConnectionOpened",
         "Counters",
