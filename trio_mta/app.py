@@ -7,6 +7,7 @@ re-reads the configuration; an invalid new one is reported and the running one s
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -41,6 +42,7 @@ from .server import (
     TlsProvider,
     auth_warnings,
     breaker_reporter,
+    moved_reporter,
     plugin_observer,
     slow_step_reporter,
 )
@@ -92,10 +94,17 @@ def make_queue(config: Config, host: PluginHost, bus: EventBus | None = None) ->
 
 
 def plugin_health(config: Config, bus: EventBus) -> PluginHealth:
-    """Breakers and counts of every plugin hook, for the daemon's life (reloads keep them)."""
+    """Breakers, counts and watchdog strikes of every plugin hook, for the daemon's life
+    (reloads keep them)."""
     p = config.plugins
     settings = BreakerSettings(
-        p.breaker_failures, p.breaker_window, p.breaker_cooldown, threads=p.plugin_threads
+        p.breaker_failures,
+        p.breaker_window,
+        p.breaker_cooldown,
+        threads=p.plugin_threads,
+        strikes=p.watchdog_strikes,
+        strike_window=p.watchdog_window,
+        slow_call=p.watchdog_ms / 1000,
     )
     return PluginHealth(settings, on_change=breaker_reporter(bus))
 
@@ -203,23 +212,33 @@ async def _run_locked(
     for line in auth_warnings(config, plugins):
         log.warning("%s", line)
     tls = TlsProvider.from_config(config)  # may generate the first-run certificate
+    health = plugin_health(config, bus)
     with (
         trio.open_signal_receiver(
             signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1
         ) as signals,
-        watch_loop(config.plugins.watchdog_ms / 1000, slow_step_reporter(bus)),
+        watch_loop(config.plugins.watchdog_ms / 1000, slow_step_reporter(bus), health),
     ):
         async with trio.open_nursery() as services:
             sandbox = None
+            # Also started later, for a plugin the watchdog's strikes move to the sandbox.
+            sandbox_factory = functools.partial(ProcessSandbox.from_config, config.plugins)
             if _needs_sandbox(plugins):
-                sandbox = ProcessSandbox.from_config(config.plugins)
+                sandbox = sandbox_factory()
                 await services.start(sandbox.serve)
             host = PluginHost(
-                plugins, sandbox=sandbox, spill_dir=spill_dir, health=plugin_health(config, bus)
+                plugins,
+                sandbox=sandbox,
+                spill_dir=spill_dir,
+                health=health,
+                sandbox_factory=sandbox_factory,
+                on_moved=moved_reporter(bus),
             )
             # `trio-mta queue|status|plugins` and the admin child talk to this daemon here.
             control = ControlServer(socket_path(config.server.var_dir))
             await services.start(control.serve)
+            for name, handler in host.commands().items():
+                control.register(name, handler)
             # Plugins finish their async start-up before the first client is accepted.
             await plugins.startup()
             await services.start(host.serve)

@@ -49,6 +49,7 @@ def test_public_surface_is_curated() -> None:
         "MailReceived",
         "PluginCalled",
         "PluginBreaker",
+        "PluginMoved",
         "RcptReceived",
         "Subscription",
         "Tap",

@@ -357,6 +357,11 @@ class PluginsConfig:
     breaker_cooldown: float = attrs.field(default=30.0, validator=_seconds())
     # Threads one plugin's sync hooks may use at once (abandoned ones count until they end).
     plugin_threads: int = attrs.field(default=16, validator=_between(1, 256))
+    # An in-process plugin the loop watchdog names this many times within watchdog_window
+    # seconds (blocking the loop, or a busy thread of it) moves to the sandbox, or is tripped
+    # if its hooks cannot run there. 0: never.
+    watchdog_strikes: int = attrs.field(default=3, validator=_between(0, 1000))
+    watchdog_window: float = attrs.field(default=300.0, validator=_seconds())
 
 
 def _check_ciphers(_inst: object, _attr: object, value: str) -> None:

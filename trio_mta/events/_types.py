@@ -162,6 +162,16 @@ class PluginBreaker(Event):
     reason: str
 
 
+@attrs.frozen(kw_only=True)
+class PluginMoved(Event):
+    TYPE: ClassVar[str] = "plugin.moved"
+
+    plugin: str
+    hooks: tuple[str, ...]
+    why: str  # the last watchdog strike
+    to: str  # "sandbox" (its hooks now run in the sandbox) or "tripped" (answered at once)
+
+
 # -- delivery (published by the queue) ------------------------------------------------------
 
 
@@ -259,6 +269,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PluginCalled,
     LoopBlocked,
     PluginBreaker,
+    PluginMoved,
     DeliveryAttempted,
     DeliveryDeferred,
     DeliveryBounced,

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import attrs
@@ -38,7 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_mta.plugins")
 
+_MODULE_PREFIX = "trio_mta_plugin_"  # how the registry names a plugin file's module
 _RING = 512  # recent call durations kept per (plugin, hook) for p50/p95
+# Hooks of the outbound queue: their arguments (the queue's objects) do not cross to a worker.
+_STAY_IN_PROCESS = frozenset({"get_mx", "send_email", "delivered", "deferred", "bounce"})
 
 
 class BreakerState(enum.Enum):
@@ -55,6 +60,13 @@ class BreakerSettings:
     window: float = 60.0  # seconds
     cooldown: float = 30.0  # seconds
     threads: int = 16  # a plugin's sync hook calls in threads at once ([plugins] plugin_threads)
+    # The loop watchdog: a plugin that blocks the loop (or spins a thread) this many times
+    # within strike_window seconds is moved to the sandbox, or tripped (0: never).
+    strikes: int = 3
+    strike_window: float = 300.0
+    slow_call: float = (
+        0.05  # seconds: a call holding the loop longer is blamed ([plugins] watchdog_ms)
+    )
 
 
 @attrs.frozen
@@ -78,12 +90,15 @@ class HookHealth:
         "abandoned_total",
         "breaker",
         "calls",
+        "divert",
         "errors",
         "failed_run",
         "first_failure_at",
         "hook",
         "kills",
         "last_failure",
+        "leftovers",
+        "moved",
         "open_until",
         "plugin",
         "probing",
@@ -98,6 +113,11 @@ class HookHealth:
         self.hook = hook
         self.breaker = True  # False: the plugin's ``breaker = false``
         self.state = BreakerState.CLOSED
+        # Moved to the sandbox by the watchdog's strikes (``PluginHealth.strike``).
+        self.moved = False
+        # The runner's one test before a call: the breaker is not closed, or the call moved.
+        self.divert = False
+        self.leftovers = 0  # threads or tasks a call left running after it returned
         self.calls = 0
         self.timeouts = 0
         self.errors = 0
@@ -118,8 +138,10 @@ class HookHealth:
     # -- the runner's side -----------------------------------------------------------------
 
     def admit(self) -> Result | None:
-        """Called only when the breaker is not CLOSED: None lets the call run (a probe);
-        a Result answers it at once."""
+        """Called only when ``divert``: None lets the call run (a probe, or a call of a
+        plugin moved to the sandbox); a Result answers it at once."""
+        if self.state is BreakerState.CLOSED:
+            return None
         if self.state is BreakerState.OPEN:
             if trio.current_time() < self.open_until:
                 return self._short_circuit()
@@ -181,6 +203,7 @@ class HookHealth:
     # -- operators' side -------------------------------------------------------------------
 
     def trip(self, result: Result, reason: str, *, until: float | None = None) -> None:
+        # until=math.inf: open until an operator's reset (or a reload of the plugin).
         """Open the breaker now (the watchdog's strikes), for a cooldown or until ``until``."""
         self.last_failure = result
         self.open_until = (
@@ -195,8 +218,13 @@ class HookHealth:
         if self.state is not BreakerState.CLOSED:
             self._move(BreakerState.CLOSED, reason)
 
+    def move(self, moved: bool) -> None:
+        self.moved = moved
+        self.divert = moved or self.state is not BreakerState.CLOSED
+
     def _move(self, state: BreakerState, reason: str) -> None:
         self.state = state
+        self.divert = self.moved or state is not BreakerState.CLOSED
         self._health.changed(BreakerChange(self.plugin, self.hook, state, reason))
 
     def latency(self, quantile: float) -> float | None:
@@ -218,6 +246,8 @@ class HookHealth:
             "worker_kills": self.kills,
             "abandoned_threads": len(self.abandoned),
             "abandoned_threads_total": self.abandoned_total,
+            "left_running": self.leftovers,
+            "moved_to_sandbox": self.moved,
             "p50_ms": _ms(self.latency(0.50)),
             "p95_ms": _ms(self.latency(0.95)),
         }
@@ -241,6 +271,15 @@ class PluginHealth:
         self._records: dict[tuple[str, str], HookHealth] = {}
         self._tables: dict[int, Mapping[str, tuple[HookHealth, ...]]] = {}
         self._limiters: dict[str, trio.CapacityLimiter] = {}
+        # For the watchdog's sampler thread: plugin source file -> plugin name, and thread
+        # ident -> (plugin, hook) of threads plugin calls left running.
+        self.files: dict[str, str] = {}
+        self.thread_owners: dict[int, tuple[str, str | None]] = {}
+        self._strikes: dict[str, list[float]] = {}
+        # Plugins the strikes moved to the sandbox or tripped (until a reload or reset).
+        self.moved_plugins: set[str] = set()
+        # Told (plugin, why) at the last strike; the plugin host moves the plugin.
+        self.on_strikes: Callable[[str, str], None] | None = None
 
     def limiter(self, plugin: str) -> trio.CapacityLimiter:
         """The plugin's own thread limiter for its sync hooks (``threads`` at most at once)."""
@@ -261,6 +300,10 @@ class PluginHealth:
         both alike). Built once per generation."""
         table = self._tables.get(plugins.generation)
         if table is None:
+            for name, path in plugins.sources.items():
+                self.files[str(path)] = name
+                if name in self.moved_plugins:  # a reload: the new code gets a fresh start
+                    self._unmove(name)
             table = self._tables[plugins.generation] = {
                 hook: tuple(self._for_entry(entry) for entry in entries)
                 for hook, entries in plugins.table.items()
@@ -273,6 +316,79 @@ class PluginHealth:
         if not entry.breaker:
             found.reset("breaker switched off for this plugin")
         return found
+
+    def plugin_of_module(self, module: str) -> str | None:
+        """The plugin whose file was imported as ``module`` (``trio_mta_plugin_<name>_g<n>``)."""
+        if not module.startswith(_MODULE_PREFIX):
+            return None
+        name, _, generation = module[len(_MODULE_PREFIX) :].rpartition("_g")
+        return name if name and generation.isdigit() else None
+
+    def attribute(self, frame: FrameType | None) -> tuple[str, str | None] | None:
+        """The plugin (and hook) whose code ``frame`` or a caller of it runs: the innermost
+        frame in a plugin's file names the plugin, the innermost ``hook_*`` of it the hook."""
+        files = self.files
+        plugin: str | None = None
+        while frame is not None:
+            code = frame.f_code
+            name = files.get(code.co_filename)
+            if name is not None:
+                if plugin is None:
+                    plugin = name
+                if name == plugin and code.co_name.startswith("hook_"):
+                    return plugin, code.co_name[5:]
+            frame = frame.f_back
+        return (plugin, None) if plugin is not None else None
+
+    # -- the watchdog's strikes --------------------------------------------------------------
+
+    def strike(self, plugin: str, why: str) -> None:
+        """The watchdog saw ``plugin`` block the loop (or spin a thread): one strike."""
+        settings = self.settings
+        if settings.strikes <= 0 or plugin in self.moved_plugins:
+            return
+        now = trio.current_time()
+        times = [t for t in self._strikes.get(plugin, ()) if now - t <= settings.strike_window]
+        times.append(now)
+        self._strikes[plugin] = times
+        log.warning(
+            "plugin %s: watchdog strike %d of %d (%s)", plugin, len(times), settings.strikes, why
+        )
+        if len(times) >= settings.strikes:
+            del self._strikes[plugin]
+            if self.on_strikes is not None:
+                self.on_strikes(plugin, why)
+
+    def move(
+        self, plugins: PluginSet, plugin: str, *, sandbox: bool
+    ) -> tuple[list[str], list[str]]:
+        """Move ``plugin``'s in-process hooks to the sandbox (``sandbox``: one runs), or trip
+        those that cannot go there until a reset or reload. Returns (moved, tripped) hooks."""
+        moved: list[str] = []
+        tripped: list[str] = []
+        for hook, entries in plugins.table.items():
+            for entry in entries:
+                if entry.plugin.name != plugin or entry.sandbox:
+                    continue
+                record = self.record(plugin, hook)
+                if sandbox and hook not in _STAY_IN_PROCESS:
+                    record.move(True)
+                    if record.open_until == math.inf:  # tripped while a sandbox started
+                        record.reset("moved to the sandbox")
+                    moved.append(hook)
+                else:
+                    record.trip(entry.on_timeout, "watchdog strikes", until=math.inf)
+                    tripped.append(hook)
+        self.moved_plugins.add(plugin)
+        return moved, tripped
+
+    def _unmove(self, plugin: str) -> None:
+        self.moved_plugins.discard(plugin)
+        for record in self._records.values():
+            if record.plugin == plugin:
+                record.move(False)
+                if record.open_until == math.inf:
+                    record.reset("the plugin was reloaded")
 
     def forget(self, generation: int) -> None:
         """Drop a retired generation's table (its records stay: they are per name)."""
@@ -315,6 +431,8 @@ class PluginHealth:
             raise KeyError(f"no plugin {plugin!r}" + (f" on hook {hook!r}" if hook else ""))
         for record in found:
             record.reset()
+        if plugin in self.moved_plugins:  # moved or tripped by strikes: a fresh start
+            self._unmove(plugin)
         return sorted(r.hook for r in found)
 
     def records(self) -> Iterable[HookHealth]:

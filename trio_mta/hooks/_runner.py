@@ -33,6 +33,7 @@ import contextvars
 import functools
 import logging
 import math
+import threading
 import time
 import types
 from collections.abc import Callable, Coroutine, Generator
@@ -42,12 +43,16 @@ import attrs
 import trio
 
 from ._context import Connection
-from ._health import BreakerState, HookHealth, PluginHealth
+from ._health import HookHealth, PluginHealth
 from ._registry import HookEntry, PluginSet
 from ._result import CONT, Action, Result
 from ._spec import HOOKS
 
 log = logging.getLogger("trio_mta.plugins")
+
+# CPython's table of live ``threading.Thread``s: its len() is how a call that left a thread
+# running is noticed, at ~50 ns (``threading.active_count()`` takes a lock: ~0.75 us here).
+_LIVE_THREADS: dict[int, threading.Thread] = threading._active  # type: ignore[attr-defined]
 
 # The runner of the task's session, so the loop watchdog (which sees only the task) can ask
 # it which plugin call is running or finished last.
@@ -85,23 +90,31 @@ class Sandbox(Protocol):
 
 @types.coroutine
 def _finish(
-    coro: Coroutine[object, object, object], trap: object
+    coro: Coroutine[object, object, object], trap: object, runner: HookRunner, entry: HookEntry
 ) -> Generator[object, object, object]:
     """Drive ``coro`` to its end from a point where it has yielded ``trap``, forwarding every
-    yield to Trio and every resumption back to ``coro`` (what ``yield from`` would do)."""
+    yield to Trio and every resumption back to ``coro`` (what ``yield from`` would do). Each
+    step is timed: one that held the loop too long blames ``entry`` for the loop watchdog."""
+    slow = runner.health.settings.slow_call
     while True:
         try:
             sent = yield trap
         except BaseException as exc:
+            started = time.perf_counter()
             try:
                 trap = coro.throw(exc)
             except StopIteration as stop:
                 return stop.value
+            finally:
+                runner.timed_step(entry, started, slow)
         else:
+            started = time.perf_counter()
             try:
                 trap = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
+            finally:
+                runner.timed_step(entry, started, slow)
 
 
 class HookRunner:
@@ -128,6 +141,9 @@ class HookRunner:
         self.active: HookEntry | None = None
         self.last: HookEntry | None = None
         self.last_finished = 0.0
+        # A call that held the loop longer than the watchdog's threshold, and when it ended.
+        self.blamed: HookEntry | None = None
+        self.blamed_at = 0.0
         # Per hook: whether some entry may block (then the chain needs a cancel scope).
         self._blocking = plugins.blocking
 
@@ -159,7 +175,7 @@ class HookRunner:
         if current_runner.get() is not self:
             current_runner.set(self)
         records = self._records[hook]
-        if not self._blocking[hook]:
+        if not self._blocking[hook] and not self.health.moved_plugins:
             # Every call finishes in one step: no deadline can fire, so no scope is needed,
             # and the calls run in a plain loop.
             index = 0
@@ -183,7 +199,7 @@ class HookRunner:
                     index += 1
                     if self._skipped(entry, conn):
                         continue
-                    if record.state is not BreakerState.CLOSED and (
+                    if record.divert and (
                         (verdict := self._breaker_says(entry, record)) is not None
                     ):
                         result = verdict
@@ -223,7 +239,9 @@ class HookRunner:
         txn = conn.transaction
         observe = self.observe
         perf_counter = time.perf_counter
-        cont, result_type, closed = CONT, Result, BreakerState.CLOSED  # locals: the hot path
+        cont, result_type = CONT, Result  # locals: this loop is the per-call hot path
+        slow, threads = self.health.settings.slow_call, _LIVE_THREADS
+        threads_before = len(threads)
         while index < count:
             entry = entries[index]
             record = records[index]
@@ -233,7 +251,7 @@ class HookRunner:
                 txn is not None and txn.skip_plugins and entry.plugin.name in txn.skip_plugins
             ):
                 continue
-            if record.state is not closed:
+            if record.divert:
                 verdict = self._breaker_says(entry, record)
                 if verdict is not None:
                     if stop and verdict.action is not Action.CONT:
@@ -267,6 +285,10 @@ class HookRunner:
                 result = entry.on_error
             self.last = entry
             self.last_finished = finished = perf_counter()
+            if finished - started > slow:
+                self.blamed, self.blamed_at = entry, finished  # for the loop watchdog
+            if len(threads) != threads_before:
+                threads_before = self._left_running(entry, record, threads_before)
             if error is None:
                 record.success(finished - started)
             else:
@@ -285,6 +307,36 @@ class HookRunner:
             if stop and result is not cont and result.action is not Action.CONT:
                 return index, result
         return index, None
+
+    def _left_running(self, entry: HookEntry, record: HookHealth, known: int) -> int:
+        """The number of threads changed during ``entry``'s call: name the new ones whose
+        code is a plugin's (by their target's module, else the call's plugin), remember
+        their owner for the watchdog's sampler. Returns the count now."""
+        owners = self.health.thread_owners
+        for thread in threading.enumerate():
+            ident = thread.ident
+            if ident is None or ident in owners or isinstance(thread, threading._DummyThread):
+                continue
+            # What it runs: the function given to Thread(), else its class's run().
+            target = getattr(thread, "_target", None) or thread.run
+            module = getattr(target, "__module__", None) or ""
+            plugin = self.health.plugin_of_module(module)
+            if plugin is None:
+                if module.startswith(("trio", "threading", "concurrent", "asyncio")):
+                    continue  # the server's and libraries' own workers
+                plugin = entry.plugin.name  # started by this call, with some library's code
+            owners[ident] = (plugin, entry.hook if plugin == entry.plugin.name else None)
+            if plugin == entry.plugin.name:
+                record.leftovers += 1
+            log.warning(
+                "plugin %s left a thread running after its %s call: %s (target %s.%s)",
+                plugin,
+                entry.hook,
+                thread.name,
+                module,
+                getattr(target, "__qualname__", "?"),
+            )
+        return len(_LIVE_THREADS)
 
     @staticmethod
     def _bad(entry: HookEntry, conn: Connection, value: object) -> Result:
@@ -335,7 +387,7 @@ class HookRunner:
             if entry.sandbox
             else (" (its thread abandoned, still running)" if not entry.is_async else ""),
         )
-        if entry.sandbox:
+        if entry.sandbox or record.moved:
             record.kills += 1
         record.failure(entry.timeout, entry.on_timeout, timed_out=True)
         if self.observe is not None:
@@ -358,6 +410,7 @@ class HookRunner:
         started = time.perf_counter()
         error: str | None = None
         self.active = entry
+        threads_before = len(_LIVE_THREADS)
         try:
             value = await self._invoke(entry, record, conn, args, scope)
             if value is None:
@@ -383,6 +436,8 @@ class HookRunner:
             self.active = None
             self.last = entry
             self.last_finished = finished = time.perf_counter()
+            if len(_LIVE_THREADS) != threads_before:
+                self._left_running(entry, record, threads_before)
         if scope.cancel_called:
             # It returned after its deadline fired: a timeout, recorded by ``_timed_out``.
             if record.probing:
@@ -408,7 +463,8 @@ class HookRunner:
         args: tuple[object, ...],
         scope: trio.CancelScope,
     ) -> object:
-        if entry.is_async and not entry.sandbox:
+        sandboxed = entry.sandbox or record.moved
+        if entry.is_async and not sandboxed:
             # Step the plugin's coroutine once by hand: most calls finish without blocking,
             # and those need no deadline (a call that never yields cannot be cancelled
             # anyway; the loop watchdog reports it). Only a call that blocks arms one, from
@@ -416,25 +472,33 @@ class HookRunner:
             # The deadline counts from the call's start (docs/plugins.md): work done before
             # the first await is part of the call's time.
             started = trio.current_time()
+            step_started = time.perf_counter()
             coro: Coroutine[object, object, object] = entry.fn(conn, *args)  # type: ignore[assignment]
             try:
                 trap = coro.send(None)
             except StopIteration as stop:
                 return stop.value
+            finally:
+                self.timed_step(entry, step_started, self.health.settings.slow_call)
             scope.deadline = started + entry.timeout
             self._blocking_changed(True)
             try:
-                return await _finish(coro, trap)
+                return await _finish(coro, trap, self, entry)
             finally:
                 scope.deadline = math.inf
                 self._blocking_changed(False)
         scope.deadline = trio.current_time() + entry.timeout
         self._blocking_changed(True)
         try:
-            return await self._invoke_elsewhere(entry, record, conn, args)
+            return await self._invoke_elsewhere(entry, record, conn, args, sandboxed=sandboxed)
         finally:
             scope.deadline = math.inf
             self._blocking_changed(False)
+
+    def timed_step(self, entry: HookEntry, started: float, slow: float) -> None:
+        now = time.perf_counter()
+        if now - started > slow:
+            self.blamed, self.blamed_at = entry, now
 
     def _blocking_changed(self, blocked: bool) -> None:
         callback = self.on_block if blocked else self.on_unblock
@@ -442,9 +506,15 @@ class HookRunner:
             callback()
 
     async def _invoke_elsewhere(
-        self, entry: HookEntry, record: HookHealth, conn: Connection, args: tuple[object, ...]
+        self,
+        entry: HookEntry,
+        record: HookHealth,
+        conn: Connection,
+        args: tuple[object, ...],
+        *,
+        sandboxed: bool,
     ) -> object:
-        if entry.sandbox:
+        if sandboxed:
             if self.sandbox is None:
                 raise RuntimeError("plugin wants the process sandbox, but none is running")
             return await self.sandbox.call(entry, conn, args)

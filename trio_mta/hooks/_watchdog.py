@@ -30,7 +30,9 @@ from time import perf_counter
 import attrs
 import trio
 
+from ._health import PluginHealth
 from ._runner import current_runner
+from ._sampler import Sampler
 
 log = logging.getLogger("trio_mta.watchdog")
 
@@ -63,7 +65,7 @@ def log_slow_step(step: SlowStep) -> None:
 class LoopWatchdog(trio.abc.Instrument):
     """Install with ``trio.lowlevel.add_instrument`` (or ``watch_loop``)."""
 
-    __slots__ = ("_deadline", "report", "threshold")
+    __slots__ = ("_deadline", "report", "sampled", "threshold")
 
     def __init__(
         self, threshold: float, report: Callable[[SlowStep], None] = log_slow_step
@@ -73,6 +75,8 @@ class LoopWatchdog(trio.abc.Instrument):
         self.threshold = threshold
         self.report = report
         self._deadline = _NEVER
+        # (the step's deadline, plugin, hook) the sampler thread saw running in a slow step.
+        self.sampled: tuple[float, str, str | None] | None = None
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._deadline = perf_counter() + self.threshold
@@ -85,11 +89,18 @@ class LoopWatchdog(trio.abc.Instrument):
 
     def _slow(self, task: trio.lowlevel.Task, now: float) -> None:
         started = self._deadline - self.threshold
-        context = task.context
-        plugin = hook = None
-        runner = context.get(current_runner)
-        if runner is not None:
-            entry = runner.active
+        plugin: str | None = None
+        hook: str | None = None
+        sampled = self.sampled
+        runner = task.context.get(current_runner)
+        if sampled is not None and sampled[0] == self._deadline:
+            _, plugin, hook = sampled  # seen running by the sampler thread: the best witness
+        elif runner is not None:
+            # A call that held the loop too long (timed by the runner), else the call still
+            # running at the end of the step, else one that finished during it.
+            entry = runner.blamed if runner.blamed_at >= started else None
+            if entry is None:
+                entry = runner.active
             if entry is None and runner.last is not None and runner.last_finished >= started:
                 entry = runner.last
             if entry is not None:
@@ -102,12 +113,37 @@ class LoopWatchdog(trio.abc.Instrument):
 
 @contextmanager
 def watch_loop(
-    threshold: float, report: Callable[[SlowStep], None] = log_slow_step
+    threshold: float,
+    report: Callable[[SlowStep], None] = log_slow_step,
+    health: PluginHealth | None = None,
 ) -> Iterator[LoopWatchdog]:
-    """Watch the current run loop for the body of the ``with`` (``[plugins] watchdog_ms``/1000)."""
+    """Watch the current run loop for the body of the ``with`` (``[plugins] watchdog_ms``/1000).
+
+    With ``health``: a sampler thread names the plugin code running in a slow step and busy
+    plugin threads, and each report naming a plugin is a strike against it (``[plugins]
+    watchdog_strikes`` of them and it moves: ``PluginHealth.strike``)."""
+    if health is not None:
+        report = _striking(report, health)
     watchdog = LoopWatchdog(threshold, report)
+    sampler = Sampler(watchdog, health, report, interval=threshold) if health else None
     trio.lowlevel.add_instrument(watchdog)
+    if sampler is not None:
+        sampler.start()
     try:
         yield watchdog
     finally:
+        if sampler is not None:
+            sampler.stop()
         trio.lowlevel.remove_instrument(watchdog)
+
+
+def _striking(
+    report: Callable[[SlowStep], None], health: PluginHealth
+) -> Callable[[SlowStep], None]:
+    def strike(step: SlowStep) -> None:
+        report(step)
+        if step.plugin is not None:
+            what = "a thread of it is busy" if step.task.startswith("thread ") else "it blocked"
+            health.strike(step.plugin, f"{what} {step.duration * 1000:.0f} ms (hook {step.hook})")
+
+    return strike

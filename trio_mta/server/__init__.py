@@ -8,6 +8,7 @@ from ._listen import BoundListener as BoundListener
 from ._listen import SMTPServer as SMTPServer
 from ._listen import protocol_limits as protocol_limits
 from ._observe import breaker_reporter as breaker_reporter
+from ._observe import moved_reporter as moved_reporter
 from ._observe import plugin_observer as plugin_observer
 from ._observe import slow_step_reporter as slow_step_reporter
 from ._pluginhost import PluginHost as PluginHost

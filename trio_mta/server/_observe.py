@@ -31,6 +31,7 @@ from ..events import (
     MailReceived,
     PluginBreaker,
     PluginCalled,
+    PluginMoved,
     RcptReceived,
     TlsStarted,
     TransactionEnded,
@@ -276,5 +277,14 @@ def breaker_reporter(bus: EventBus) -> Callable[[BreakerChange], None]:
                 reason=change.reason,
             )
         )
+
+    return report
+
+
+def moved_reporter(bus: EventBus) -> Callable[[str, tuple[str, ...], str, str], None]:
+    """The watchdog's strikes moved a plugin to the sandbox or tripped it: ``plugin.moved``."""
+
+    def report(plugin: str, hooks: tuple[str, ...], why: str, to: str) -> None:
+        bus.publish(PluginMoved(ts=bus.clock(), plugin=plugin, hooks=hooks, why=why, to=to))
 
     return report

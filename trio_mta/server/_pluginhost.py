@@ -8,8 +8,9 @@ it current, and shuts the old one down once its last connection has ended.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import trio
 
@@ -18,6 +19,12 @@ from ._hooked import HookHandler
 from ._session import Session
 
 log = logging.getLogger("trio_mta.plugins")
+
+
+class SandboxService(Sandbox, Protocol):
+    """A sandbox that PluginHost can start itself (``ProcessSandbox``)."""
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
 
 class _CountedHandler(HookHandler):
@@ -48,11 +55,18 @@ class PluginHost:
         observe: Callable[[HookCall], None] | None = None,
         queue: OutboundQueue | None = None,
         health: PluginHealth | None = None,
+        sandbox_factory: Callable[[], SandboxService] | None = None,
+        on_moved: Callable[[str, tuple[str, ...], str, str], None] | None = None,
     ) -> None:
         self.current = plugins
         # Breakers, counts and latency of every plugin hook, shared by all sessions' runners
         # and the queue's (the runner health API).
         self.health = health if health is not None else PluginHealth()
+        self.health.on_strikes = self._struck
+        # Starts a sandbox when the watchdog's strikes move a plugin there and none runs.
+        self.sandbox_factory = sandbox_factory
+        self.on_moved = on_moved  # (plugin, hooks, why, "sandbox" | "tripped"): the event
+        self._nursery: trio.Nursery | None = None
         self.queue = queue  # the built-in outbound queue, handed to every handler
         self.sandbox = sandbox
         self.spill_dir = spill_dir
@@ -99,13 +113,77 @@ class PluginHost:
         else:
             self._retired[old.generation] = old
 
+    def commands(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        """Control-socket commands: ``breaker.reset`` (``plugin``, optional ``hook``) closes
+        breakers (and undoes a watchdog move); ``plugins.health`` is the health snapshot."""
+
+        async def reset(args: dict[str, Any]) -> Any:
+            plugin, hook = args.get("plugin"), args.get("hook")
+            if not isinstance(plugin, str) or not (hook is None or isinstance(hook, str)):
+                raise ValueError("breaker.reset needs plugin (a name) and optionally hook")
+            return {"plugin": plugin, "hooks": self.health.reset(plugin, hook)}
+
+        async def health(args: dict[str, Any]) -> Any:
+            return self.health.snapshot()
+
+        return {"breaker.reset": reset, "plugins.health": health}
+
+    def _struck(self, plugin: str, why: str) -> None:
+        """The watchdog's last strike against ``plugin``: its hooks go to the sandbox if one
+        runs; otherwise they are tripped at once, and moved once a sandbox has started."""
+        running = self.sandbox is not None
+        moved, tripped = self.health.move(self.current, plugin, sandbox=running)
+        self._report(plugin, moved, tripped, why)
+        if not running and self.sandbox_factory is not None and self._nursery is not None:
+            self._nursery.start_soon(self._start_sandbox, plugin, why)
+
+    def _report(self, plugin: str, moved: list[str], tripped: list[str], why: str) -> None:
+        if moved:
+            log.warning(
+                "plugin %s moved to the sandbox for %s after its watchdog strikes (last: %s)",
+                plugin,
+                ", ".join(moved),
+                why,
+            )
+        if tripped:
+            log.warning(
+                "plugin %s tripped on %s after its watchdog strikes (last: %s); "
+                "calls get its on_timeout result until a reload or breaker.reset",
+                plugin,
+                ", ".join(tripped),
+                why,
+            )
+        if self.on_moved is not None:
+            for hooks, to in ((moved, "sandbox"), (tripped, "tripped")):
+                if hooks:
+                    self.on_moved(plugin, tuple(hooks), why, to)
+
+    async def _start_sandbox(self, plugin: str, why: str) -> None:
+        assert self.sandbox_factory is not None
+        assert self._nursery is not None
+        if self.sandbox is None:
+            sandbox = self.sandbox_factory()
+            try:
+                await self._nursery.start(sandbox.serve)
+            except Exception:
+                log.exception("could not start the sandbox; plugin %s stays tripped", plugin)
+                return
+            self.sandbox = sandbox
+            for runner in self._runners:
+                runner.sandbox = sandbox
+        if plugin in self.health.moved_plugins:  # not reset or reloaded meanwhile
+            moved, _ = self.health.move(self.current, plugin, sandbox=True)
+            self._report(plugin, moved, [], why)
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Shut retired generations down as their last connection ends; at exit, all of them."""
-        task_status.started()
+        """Shut retired generations down as their last connection ends; at exit, all of them.
+        Also the home of a sandbox started for a plugin the watchdog moved."""
         try:
-            async for retired in self._recv:
-                await retired.shutdown()
-                log.info("plugin generation %d shut down", retired.generation)
+            async with trio.open_nursery() as self._nursery:
+                task_status.started()
+                async for retired in self._recv:
+                    await retired.shutdown()
+                    log.info("plugin generation %d shut down", retired.generation)
         finally:
             with trio.move_on_after(5, shield=True):
                 for plugins in (*self._retired.values(), self.current):

@@ -1,0 +1,73 @@
+"""The plugin host acts on the watchdog's strikes: trip at once, start a sandbox, move there."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import trio
+
+from trio_mta.config import PluginsConfig
+from trio_mta.hooks import (
+    TIMEOUT_RESULT,
+    Action,
+    BreakerSettings,
+    PluginHealth,
+    ProcessSandbox,
+    load_plugins,
+)
+from trio_mta.server import PluginHost
+
+HOG = """
+import os, time
+from trio_mta.hooks import Plugin as Base, OK
+
+class Plugin(Base):
+    async def hook_helo(self, conn, name):
+        conn.notes["pid"] = os.getpid()
+        return OK
+"""
+
+
+async def test_strikes_trip_the_plugin_then_move_it_to_a_sandbox_started_for_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "hog.py").write_text(HOG)
+    plugins = load_plugins(["hog"], directories=[tmp_path])
+    moves: list[tuple[str, tuple[str, ...], str]] = []
+    host = PluginHost(
+        plugins,
+        health=PluginHealth(BreakerSettings(strikes=2)),
+        sandbox_factory=functools.partial(
+            ProcessSandbox.from_config, PluginsConfig(sandbox_workers=1)
+        ),
+        on_moved=lambda plugin, hooks, why, to: moves.append((plugin, hooks, to)),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.serve)
+        handler = host.handler()
+        runner = handler.runner
+        conn = Connection("c1", "mx", "192.0.2.1", 40000, "127.0.0.1", 25, 0.0)
+        assert (await runner.run("helo", conn, "x"))[0].action is Action.OK
+        assert conn.notes["pid"] == os.getpid()
+        host.health.strike("hog", "it blocked 200 ms (hook helo)")
+        host.health.strike("hog", "it blocked 200 ms (hook helo)")
+        # Tripped at once: answered without running.
+        assert await runner.run("helo", conn, "x") == (TIMEOUT_RESULT, "hog")
+        with trio.fail_after(30):
+            while len(moves) < 2:  # noqa: ASYNC110  # the sandbox is starting
+                await trio.sleep(0.05)
+        assert moves == [("hog", ("helo",), "tripped"), ("hog", ("helo",), "sandbox")]
+        del conn.notes["pid"]
+        assert (await runner.run("helo", conn, "x"))[0].action is Action.OK
+        assert conn.notes["pid"] != os.getpid()  # ran in a worker process
+        assert host.health.snapshot()[0]["moved_to_sandbox"] is True
+        # breaker.reset through the control command brings it back in-process.
+        assert await host.commands()["breaker.reset"]({"plugin": "hog"}) == {
+            "plugin": "hog",
+            "hooks": ["helo"],
+        }
+        assert (await runner.run("helo", conn, "x"))[0].action is Action.OK
+        assert conn.notes["pid"] == os.getpid()
+        nursery.cancel_scope.cancel()
