@@ -13,6 +13,7 @@ from trio_mta.hooks import (
     TIMEOUT_RESULT,
     Action,
     BreakerSettings,
+    Connection,
     PluginHealth,
     ProcessSandbox,
     load_plugins,
