@@ -256,6 +256,9 @@ async def _run_locked(
                 host.queue = queue
                 for name, handler in queue.commands().items():
                     control.register(name, handler)
+                if admin is not None:  # /metrics' trio_mta_queue_size and the page's chart
+                    envelopes = queue.envelopes
+                    admin.metrics.queue_size = envelopes.__len__
             if tune_gc:
                 _tune_gc()
             server = SMTPServer(config, host.handler, tls=tls, bus=bus)

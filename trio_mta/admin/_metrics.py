@@ -131,6 +131,9 @@ class Metrics:
         if event.error is not None:
             _bump(self.plugin_errors, key)
 
+    def uptime(self) -> float:
+        return max(0.0, self.bus.clock() - self.started)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -147,8 +150,7 @@ class Metrics:
             "trio_mta_start_time_seconds", "When the daemon started (Unix time)", self.started
         )
         yield GaugeMetricFamily(
-            "trio_mta_uptime_seconds", "Seconds since the daemon started",
-            max(0.0, self.bus.clock() - self.started),
+            "trio_mta_uptime_seconds", "Seconds since the daemon started", self.uptime()
         )  # fmt: skip
         yield _counter("trio_mta_connections", "SMTP connections accepted", ["listener"],
                        {(k,): v for k, v in c.connections.items()})  # fmt: skip

@@ -245,6 +245,21 @@ class ConfigReloaded(Event):
     error: str | None = None
 
 
+# -- the daemon's state (published by the admin listener while someone watches) -------------
+
+
+@attrs.frozen(kw_only=True)
+class StatsSampled(Event):
+    """Once a second while someone watches: what charts need and no event tells (the page
+    draws queue depth from it). Sampling is O(1): counts the daemon keeps anyway."""
+
+    TYPE: ClassVar[str] = "server.stats"
+
+    queue: int | None  # messages in the queue (None: no built-in queue)
+    connections: int  # SMTP connections open
+    uptime: float  # seconds since the daemon started
+
+
 # -- the stream itself ----------------------------------------------------------------------
 
 
@@ -275,6 +290,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeliveryBounced,
     Delivered,
     ConfigReloaded,
+    StatsSampled,
     Gap,
 )
 
