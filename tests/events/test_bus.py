@@ -51,6 +51,7 @@ def test_public_surface_is_curated() -> None:
         "PluginBreaker",
         "PluginMoved",
         "RcptReceived",
+        "StatsSampled",
         "Subscription",
         "Tap",
         "TlsStarted",
