@@ -1,9 +1,10 @@
 """Deliver local mail into Maildir folders: ``<maildir>/<domain>/<local-part>/new/``.
 
-Durability (``hooks.MaildirStore``): the message is written once under the first
-mailbox's ``tmp/``, synced, renamed (one mailbox) or hard-linked (several) into every
-recipient's ``new/`` (atomic: readers see the whole file or nothing), the ``new/`` entries are
-synced so they survive a crash, and only then is OK returned, i.e. the client's 250 is sent.
+Durability (``hooks.MaildirStore``): each mailbox's copy is written under its ``tmp/``,
+synced, renamed into ``new/`` (atomic: readers see the whole file or nothing), the ``new/``
+entries are synced so they survive a crash, and only then is OK returned, i.e. the client's
+250 is sent. Each copy starts with ``Return-Path: <sender>`` and ``Delivered-To: <mailbox>``
+(RFC 5321 §4.4; as Postfix's local delivery writes them) and has LF line endings.
 
 The disk work runs in a child process (``hooks.BatchProcess``) doing group commit: every
 message that arrives while a batch is on disk joins the next batch, and a batch costs two
@@ -59,5 +60,13 @@ class Plugin(hooks.Plugin):
             (a.domain_lower or self.postmaster_domain, a.unquoted_local_part)
             for a, _ in txn.recipients
         )
-        await self.writer.submit(hooks.MaildirDelivery(txn.id, boxes), list(txn.iter_message()))
+        # The final delivery records the envelope (RFC 5321 §4.4): Return-Path for replies
+        # and bounces, Delivered-To naming the mailbox (<postmaster> with its domain).
+        delivered_to = tuple(
+            str(a) if a.domain else f"{a.local_part}@{self.postmaster_domain}"
+            for a, _ in txn.recipients
+        )
+        sender = "" if txn.sender is None else str(txn.sender)
+        delivery = hooks.MaildirDelivery(txn.id, boxes, sender, delivered_to)
+        await self.writer.submit(delivery, list(txn.iter_message()))
         return hooks.ok(f"Message queued as {txn.id}")

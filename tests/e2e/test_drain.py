@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from tests.helpers import replies
-from tests.helpers.maildir import all_messages, split_received
+from tests.helpers.maildir import all_messages, as_received, split_received
 from tests.helpers.smtp import LineClient
 
 from .conftest import Daemon, StartDaemon, write_conf
@@ -87,7 +87,7 @@ async def _paused_in_data(daemon: Daemon, n: int) -> LineClient:
 def _stored_markers(var_dir: Path) -> list[str]:
     markers = []
     for path in all_messages(var_dir):
-        _, client_bytes = split_received(path.read_bytes())
+        _, client_bytes = split_received(as_received(path.read_bytes()))
         [marker] = _MARKER.findall(client_bytes)
         markers.append(marker.decode())
     return markers

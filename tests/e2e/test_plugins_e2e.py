@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from tests.helpers.maildir import split_received
+from tests.helpers.maildir import as_received, split_received
 
 from .conftest import Daemon, StartDaemon, write_conf
 
@@ -89,7 +89,7 @@ def delivered(var_dir: Path) -> dict[str, str | None]:
     parser = email.parser.BytesHeaderParser()
     found: dict[str, str | None] = {}
     for path in (var_dir / "maildir" / "example.test").glob("u*/new/*"):
-        _, data = split_received(path.read_bytes())
+        _, data = split_received(as_received(path.read_bytes()))
         headers = parser.parsebytes(data)
         tag = headers["X-Tag"]
         assert tag not in found, f"{tag} delivered twice"

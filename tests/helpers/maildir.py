@@ -24,16 +24,42 @@ def split_received(data: bytes) -> tuple[bytes, bytes]:
     return match.group(0), data[match.end() :]
 
 
+# What the final delivery puts on top of each copy (RFC 5321 §4.4, Postfix's local(8) order).
+_DELIVERY_HEAD = re.compile(rb"Return-Path: <[^\r\n]*>\nDelivered-To: [^\r\n]+\n")
+
+
+def delivery_head(raw: bytes) -> tuple[bytes, bytes]:
+    """Split a Maildir file into its ``Return-Path``/``Delivered-To`` lines and the rest.
+
+    Fails the test if they are missing, or if the file has any CRLF (Maildir files are LF)."""
+    match = _DELIVERY_HEAD.match(raw)
+    assert match is not None, f"no Return-Path/Delivered-To on top: {raw[:200]!r}"
+    assert b"\r\n" not in raw, f"a Maildir file with CRLF line endings: {raw[:200]!r}"
+    return match.group(0), raw[match.end() :]
+
+
+def as_received(raw: bytes) -> bytes:
+    """A Maildir file as the SMTP message it was (our Received header first): the delivery
+    lines checked and dropped, LF line endings back to CRLF."""
+    return delivery_head(raw)[1].replace(b"\n", b"\r\n")
+
+
 def mailbox_new(var_dir: Path, domain: str, local: str) -> Path:
     return var_dir / "maildir" / domain / local / "new"
 
 
-def messages_in(var_dir: Path, domain: str, local: str) -> list[bytes]:
-    """The stored messages of one mailbox (each with its Received header), sorted by content."""
+def raw_messages_in(var_dir: Path, domain: str, local: str) -> list[bytes]:
+    """The files of one mailbox's new/ exactly as stored, sorted by content."""
     new = mailbox_new(var_dir, domain, local)
     if not new.is_dir():
         return []
     return sorted(p.read_bytes() for p in new.iterdir())
+
+
+def messages_in(var_dir: Path, domain: str, local: str) -> list[bytes]:
+    """The stored messages of one mailbox as SMTP messages (see ``as_received``: each with its
+    Received header, CRLF), sorted by content."""
+    return sorted(as_received(raw) for raw in raw_messages_in(var_dir, domain, local))
 
 
 def bodies_in(var_dir: Path, domain: str, local: str) -> list[bytes]:

@@ -15,7 +15,14 @@ import pytest
 import trio
 
 from tests.conftest import REPO
-from tests.helpers.maildir import all_messages, bodies_in, messages_in, split_received
+from tests.helpers.maildir import (
+    all_messages,
+    as_received,
+    bodies_in,
+    messages_in,
+    raw_messages_in,
+    split_received,
+)
 
 from .conftest import RunningMTA
 
@@ -127,6 +134,34 @@ async def test_smtplib_998_octet_line_starting_with_a_dot_is_stored(mta: Running
         )
     assert results == [{}]
     assert bodies_in(mta.var_dir, "example.test", "u") == [body]
+
+
+async def test_final_delivery_writes_return_path_delivered_to_and_lf(mta: RunningMTA) -> None:
+    # RFC 5321 §4.4: the final delivery records the envelope sender; like Postfix's local(8)
+    # it names the mailbox, and the Maildir file has LF endings (what mail readers expect).
+    body = MESSAGES[1]
+    with trio.fail_after(CAP):
+        results = await trio.to_thread.run_sync(
+            _smtplib_session,
+            mta.host,
+            mta.port,
+            [
+                ("a@example.org", ["u@example.test", "W@LocalHost"], body),
+                ("", ["postmaster"], MESSAGES[0]),
+            ],
+        )
+    assert results == [{}, {}]
+    [u] = raw_messages_in(mta.var_dir, "example.test", "u")
+    [w] = raw_messages_in(mta.var_dir, "localhost", "w")
+    [pm] = raw_messages_in(mta.var_dir, "localhost", "postmaster")
+    assert u.startswith(b"Return-Path: <a@example.org>\nDelivered-To: u@example.test\nReceived: ")
+    assert w.startswith(b"Return-Path: <a@example.org>\nDelivered-To: W@LocalHost\nReceived: ")
+    assert pm.startswith(b"Return-Path: <>\nDelivered-To: postmaster@localhost\nReceived: ")
+    for stored in (u, w, pm):
+        assert b"\r" not in stored
+        assert stored.count(b"Return-Path:") == 1
+    assert u.endswith(b"\n\n.\n..\n.leading dot\n")
+    assert split_received(as_received(u))[1] == body
 
 
 async def _swaks(mta: RunningMTA, data_file: Path, rcpt: str, *extra: str) -> str:

@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from tests.helpers.config import make_config
+from tests.helpers.maildir import as_received
 from tests.helpers.smtp import LineClient, ServerReply
 from tests.integration_plugins.kit import Running
 from tests.smtpclient.peers import HOST, Received, Recorder
@@ -115,9 +116,10 @@ def files_in(directory: Path) -> list[bytes]:
 
 
 async def wait_files(directory: Path, count: int = 1) -> list[bytes]:
-    """Poll until ``directory`` (a Maildir ``new/``) holds ``count`` files; their contents.
-    (Small reads on the event loop: the files are a test's few messages.)"""
+    """Poll until ``directory`` (a Maildir ``new/``) holds ``count`` files; their messages as
+    received (``as_received``: delivery lines checked and dropped, CRLF). (Small reads on the
+    event loop: the files are a test's few messages.)"""
     with trio.fail_after(CAP):
         while len(found := files_in(directory)) < count:  # noqa: ASYNC110  # a child process writes
             await trio.sleep(0.02)
-    return found
+    return [as_received(raw) for raw in found]

@@ -25,6 +25,9 @@ async def test_delivers_to_smtp_sink_lmtp() -> None:
     assert dump.proto == "LMTP"
     assert dump.rcpt_args == (f"<{BOB}>", f"<{CAROL}>")
     assert dump.body == final_message(conn).replace(b"\r\n", b"\n") + b"\n"
+    # The LMTP server is the final delivery agent: it writes Return-Path, we must not.
+    assert b"Return-Path:" not in dump.body
+    assert b"Delivered-To:" not in dump.body
 
 
 @pytest.mark.parametrize(

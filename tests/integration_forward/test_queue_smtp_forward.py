@@ -44,6 +44,9 @@ async def test_forwards_byte_exact_to_aiosmtpd() -> None:
     [got] = handler.received
     assert got.content == final_message(conn)
     assert got.content.startswith(b"Received: from client.test")
+    # Return-Path and Delivered-To belong to the final delivery agent, not to a relay hop.
+    assert b"Return-Path:" not in got.content
+    assert b"Delivered-To:" not in got.content
     assert b"X-Added: by" in got.content
     assert got.mail_from == "alice@example.com"
     assert got.rcpt_tos == (BOB, CAROL)

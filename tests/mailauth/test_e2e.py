@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from tests.helpers.config import make_config
+from tests.helpers.maildir import as_received
 from tests.helpers.smtp import LineClient
 from tests.mailauth.conftest import DNS, Keys
 from tests.mailauth.test_dkim import sign
@@ -56,7 +57,7 @@ async def mta(nursery: trio.Nursery, dnsmasq: DNS, var_dir: Path) -> AsyncIterat
 
 
 def delivered(var_dir: Path) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((var_dir / "maildir").rglob("new/*"))]
+    return [as_received(p.read_bytes()) for p in sorted((var_dir / "maildir").rglob("new/*"))]
 
 
 async def test_spf_fail_at_mail_and_dmarc_at_the_dot(

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from trio_mta.storage import maildir
+from trio_mta.storage import maildir, write_file
 from trio_mta.storage.maildir import MaildirDelivery, MaildirStore, mailbox_dirname
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n.\r\n\x00\xff"
+STORED = b"Subject: hi\n\nbody\n.\n\x00\xff"  # Maildir files have LF line endings
 
 
 def files(root: Path, pattern: str) -> list[Path]:
@@ -47,7 +48,7 @@ def test_one_mailbox_gets_the_file_in_new_and_tmp_is_left_empty(tmp_path: Path) 
     [path] = store.deliver(MaildirDelivery("Q1", (("example.test", "bob"),)), MESSAGE)
     box = tmp_path / "example.test" / "bob"
     assert path.parent == box / "new"
-    assert path.read_bytes() == MESSAGE
+    assert path.read_bytes() == STORED
     assert files(tmp_path, "*/*/*/*") == [path]  # nothing in tmp/ or cur/
     assert sorted(p.name for p in box.iterdir()) == ["cur", "new", "tmp"]
     # Unique name: time, pid, the message id, the host name made path-safe.
@@ -65,8 +66,57 @@ def test_several_mailboxes_share_one_file_by_hard_links(tmp_path: Path) -> None:
     stats = [p.stat() for p in paths]
     assert len({(s.st_dev, s.st_ino) for s in stats}) == 1  # one file, three names
     assert all(s.st_nlink == 3 for s in stats)  # ...and no fourth left in tmp/
-    assert all(p.read_bytes() == MESSAGE for p in paths)
+    assert all(p.read_bytes() == STORED for p in paths)
     assert files(tmp_path, "*/*/tmp/*") == []
+
+
+def test_each_copy_gets_return_path_and_its_own_delivered_to(tmp_path: Path) -> None:
+    store = MaildirStore(tmp_path, "mx", fsync=False)
+    boxes = (("example.test", "bob"), ("example.test", "carol"), ("Example.TEST", "Bob"))
+    rcpts = ("bob@example.test", '"carol"@example.test', "Bob@Example.TEST")
+    delivery = MaildirDelivery("Q4", boxes, "alice@example.org", rcpts)
+    bob, carol = store.deliver(delivery, MESSAGE)  # Bob is bob's mailbox: one copy
+    assert bob.read_bytes() == (
+        b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.test\n" + STORED
+    )
+    assert carol.read_bytes() == (
+        b'Return-Path: <alice@example.org>\nDelivered-To: "carol"@example.test\n' + STORED
+    )
+    assert bob.stat().st_ino != carol.stat().st_ino  # not links: the contents differ
+    assert files(tmp_path, "*/*/tmp/*") == []
+    [bounce] = store.deliver(MaildirDelivery("Q5", boxes[:1], "", rcpts[:1]), b"x\r\n")
+    assert bounce.read_bytes() == b"Return-Path: <>\nDelivered-To: bob@example.test\nx\n"
+
+
+def test_a_delivery_failing_at_one_mailbox_leaves_no_copy_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(tmp_path, "mx", fsync=False)
+    real_rename = os.rename
+    renamed: list[str] = []
+
+    def rename_fails_the_second_time(src: str | Path, dst: str | Path) -> None:
+        if renamed:
+            raise OSError(28, "No space left on device")
+        renamed.append(str(dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename_fails_the_second_time)
+    boxes = (("example.test", "first"), ("example.test", "second"))
+    rcpts = ("first@example.test", "second@example.test")
+    [failed] = store([(MaildirDelivery("Q6", boxes, "a@b.example", rcpts), b"m")])
+    assert isinstance(failed, OSError)
+    assert len(renamed) == 1  # the first copy was placed...
+    # ...and taken back: the client is told 451 and sends it again, and a copy kept in
+    # "first" would be a duplicate.
+    assert files(tmp_path, "*/*/*/*") == []
+
+
+def test_delivered_to_must_match_the_mailboxes(tmp_path: Path) -> None:
+    store = MaildirStore(tmp_path, "mx", fsync=False)
+    boxes = (("example.test", "a"), ("example.test", "b"))
+    with pytest.raises(ValueError, match="one recipient per mailbox"):
+        store.deliver(MaildirDelivery("Q7", boxes, "", ("a@example.test",)), b"m")
 
 
 def test_a_mailbox_named_twice_in_other_case_gets_one_copy(tmp_path: Path) -> None:
@@ -195,3 +245,18 @@ def test_hostile_names_stay_inside_the_root(tmp_path: Path) -> None:
     [path] = store.deliver(MaildirDelivery("Q", (("..", "../../escape"),)), b"m")
     assert path.resolve().is_relative_to(tmp_path.resolve())
     assert path.parent.parent == tmp_path / "%2E." / "%2E.%2F..%2Fescape"
+
+
+@pytest.mark.parametrize("written", [0, 1, 5, 11, 12])
+def test_write_file_finishes_what_a_short_writev_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: int
+) -> None:
+    real_write = os.write
+
+    def short_writev(fd: int, buffers: list[bytes]) -> int:
+        return real_write(fd, b"".join(buffers)[:written]) if written else 0
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    path = tmp_path / "f"
+    assert write_file(path, (b"Head: x\n", b"", b"body")) == 12
+    assert path.read_bytes() == b"Head: x\nbody"

@@ -18,6 +18,7 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _load_libc()
+_WRITEV_MAX = 64  # well under any IOV_MAX (1024 on Linux)
 
 
 def syncfs(path: Path) -> bool:
@@ -49,9 +50,18 @@ def write_file(path: Path, chunks: Iterable[bytes]) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     size = 0
     try:
+        done = 0
+        if isinstance(chunks, list | tuple) and 1 < len(chunks) <= _WRITEV_MAX:
+            # A few chunks already in memory (a header line and the message): one system call
+            # for all, no joined copy. What a short write left is written below.
+            done = os.writev(fd, chunks)
         for chunk in chunks:
             view = memoryview(chunk)
             size += len(view)
+            if done >= len(view):
+                done -= len(view)
+                continue
+            view, done = view[done:], 0
             while view:
                 view = view[os.write(fd, view) :]
     except BaseException:

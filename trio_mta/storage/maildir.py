@@ -1,9 +1,17 @@
 """The Maildir format: ``<root>/<domain>/<local-part>/{tmp,new,cur}``, one file per message.
 
 A batch is stored in three steps so that a crash never leaves a partial file where a reader
-looks: every message is written under its first mailbox's ``tmp/``; one sync makes the data
-durable; each file is renamed (one mailbox) or hard-linked (several) into every ``new/``; one
-more sync makes those names durable. Only then does the caller hear success.
+looks: every message is written under a mailbox's ``tmp/``; one sync makes the data durable;
+each file is renamed (one mailbox) or hard-linked (several sharing one file) into ``new/``; one
+more sync makes those names durable. Only then does the caller hear success. A delivery that
+fails part-way takes back every name it placed: the client is told 451 and sends it again, so
+a mailbox that kept a copy would get it twice.
+
+What is written is the final delivery's view of the message (RFC 5321 §4.4, as Postfix's
+local(8) and Dovecot's LDA write it): ``Return-Path: <sender>`` and ``Delivered-To: <mailbox>``
+at the top, and LF line endings, the local convention every Maildir reader expects. With a
+``Delivered-To`` each mailbox needs a file of its own; the message is converted once and only
+the two header lines differ between the copies.
 """
 
 from __future__ import annotations
@@ -38,13 +46,17 @@ def mailbox_dirname(name: str) -> str:
 class MaildirDelivery:
     message_id: str
     mailboxes: tuple[tuple[str, str], ...]  # (domain, local part)
+    # The envelope sender ("" for the null sender <>); None: no Return-Path line.
+    return_path: str | None = None
+    # Each mailbox's recipient address (as many as mailboxes), or () for no Delivered-To.
+    delivered_to: tuple[str, ...] = ()
 
 
 @attrs.define
 class _Staged:
-    boxes: list[Path]
     name: str
-    tmp: Path
+    # Each file written under a tmp/, and the mailboxes whose new/ get it.
+    files: list[tuple[Path, list[Path]]]
 
 
 Batch = Sequence[tuple[MaildirDelivery, bytes]]
@@ -96,17 +108,19 @@ class MaildirStore:
                 synced = syncfs(self.root)
         except OSError as exc:
             for index, item in staged:
-                item.tmp.unlink(missing_ok=True)
+                _discard(item)
                 results[index] = exc
             return results
         new_dirs: set[Path] = set()
         for index, item in staged:
             try:
                 if self.fsync and not synced:
-                    fsync_path(item.tmp)
+                    for tmp, _ in item.files:
+                        fsync_path(tmp)
                 results[index] = self._place(item)
-                new_dirs.update(box / "new" for box in item.boxes)
+                new_dirs.update(box / "new" for _, boxes in item.files for box in boxes)
             except Exception as exc:
+                _discard(item)
                 results[index] = exc
         if self.fsync:
             try:
@@ -120,7 +134,13 @@ class MaildirStore:
         return results
 
     def _write(self, delivery: MaildirDelivery, data: bytes) -> _Staged:
-        boxes = list(dict.fromkeys(self.mailbox(d, lp) for d, lp in delivery.mailboxes))
+        recipients = delivery.delivered_to
+        if recipients and len(recipients) != len(delivery.mailboxes):
+            raise ValueError("delivered_to must name one recipient per mailbox")
+        # Mailbox -> its recipient; a mailbox named twice (other case) gets one copy.
+        boxes: dict[Path, str] = {}
+        for i, (domain, local_part) in enumerate(delivery.mailboxes):
+            boxes.setdefault(self.mailbox(domain, local_part), recipients[i] if recipients else "")
         if not boxes:
             raise ValueError("a delivery needs at least one mailbox")
         for box in boxes:
@@ -130,30 +150,51 @@ class MaildirStore:
             f"{int(now)}.M{int(now * 1e6) % 1000000}P{self.pid}"
             f"Q{delivery.message_id}.{self.hostname}"
         )
-        tmp = boxes[0] / "tmp" / name
-        write_file(tmp, (data,))
-        return _Staged(boxes, name, tmp)
+        # One conversion of the whole message, in this child process, off the event loop.
+        body = data.replace(b"\r\n", b"\n")
+        head = b""
+        if delivery.return_path is not None:
+            head = b"Return-Path: <" + delivery.return_path.encode() + b">\n"
+        staged = _Staged(name, [])
+        try:
+            if not recipients:  # the same bytes for all: one file, a hard link per mailbox
+                tmp = next(iter(boxes)) / "tmp" / name
+                write_file(tmp, (head, body))
+                staged.files.append((tmp, list(boxes)))
+                return staged
+            for box, recipient in boxes.items():
+                tmp = box / "tmp" / name
+                write_file(tmp, (head + b"Delivered-To: " + recipient.encode() + b"\n", body))
+                staged.files.append((tmp, [box]))
+        except BaseException:
+            _discard(staged)
+            raise
+        return staged
 
     @staticmethod
     def _place(item: _Staged) -> list[Path]:
-        if len(item.boxes) == 1:
-            target = item.boxes[0] / "new" / item.name
-            try:
-                os.rename(item.tmp, target)
-            except BaseException:
-                item.tmp.unlink(missing_ok=True)
-                raise
-            return [target]
         placed: list[Path] = []
         try:
-            for box in item.boxes:
-                target = box / "new" / item.name
-                os.link(item.tmp, target)
-                placed.append(target)
+            for tmp, boxes in item.files:
+                if len(boxes) == 1:
+                    target = boxes[0] / "new" / item.name
+                    os.rename(tmp, target)
+                    placed.append(target)
+                    continue
+                for box in boxes:
+                    target = box / "new" / item.name
+                    os.link(tmp, target)
+                    placed.append(target)
         except BaseException:
             for path in placed:
                 path.unlink(missing_ok=True)
             raise
         finally:
-            item.tmp.unlink(missing_ok=True)
+            _discard(item)
         return placed
+
+
+def _discard(item: _Staged) -> None:
+    """Remove what is left in tmp/ (a renamed file is already gone from there)."""
+    for tmp, _ in item.files:
+        tmp.unlink(missing_ok=True)
