@@ -37,6 +37,7 @@ from .reloader import Reloader
 from .resolver import DNSResolver, parse_nameserver
 from .server import (
     BoundListener,
+    MemoryGuard,
     PluginHost,
     SMTPServer,
     TlsProvider,
@@ -242,6 +243,12 @@ async def _run_locked(
             # Plugins finish their async start-up before the first client is accepted.
             await plugins.startup()
             await services.start(host.serve)
+            if config.limits.memory_soft_mb:
+                guard = MemoryGuard(
+                    config.limits.memory_soft_mb, health=health, running=host.running, bus=bus
+                )
+                await services.start(guard.serve)
+                host.memory_guard = guard
             _follow_watchers(config, bus, host)
             reloader = Reloader(config, host, load_plugin_set, tls=tls, bus=bus, pinned=pinned)
             if admin is not None:  # before SMTP: a watcher may see the very first connection

@@ -50,6 +50,7 @@ def test_public_surface_is_curated() -> None:
         "PluginCalled",
         "PluginBreaker",
         "PluginMoved",
+        "MemoryGuarded",
         "RcptReceived",
         "StatsSampled",
         "Subscription",

@@ -305,6 +305,9 @@ class Limits:
     command_line: int = attrs.field(default=512, validator=_at_least(64))
     text_line: int = attrs.field(default=1000, validator=_at_least(80))
     auth_line: int = attrs.field(default=12288, validator=_at_least(1))
+    # Above this resident size (MiB) new connections get 421 4.3.2 and MAIL 451 4.3.2 until it
+    # falls below 90 % of it (server._memguard). 0: no guard.
+    memory_soft_mb: int = attrs.field(default=1024, validator=_at_least(0))
     # Clients here are not held to max_connections_per_ip nor the AUTH failure tarpit.
     exempt_networks: tuple[str, ...] = attrs.field(
         default=LOOPBACK_NETWORKS, converter=_as_tuple, validator=_check_networks

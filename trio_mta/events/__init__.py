@@ -24,6 +24,7 @@ from ._types import Gap as Gap
 from ._types import HeloReceived as HeloReceived
 from ._types import LoopBlocked as LoopBlocked
 from ._types import MailReceived as MailReceived
+from ._types import MemoryGuarded as MemoryGuarded
 from ._types import PluginBreaker as PluginBreaker
 from ._types import PluginCalled as PluginCalled
 from ._types import PluginMoved as PluginMoved

@@ -172,6 +172,17 @@ class PluginMoved(Event):
     to: str  # "sandbox" (its hooks now run in the sandbox) or "tripped" (answered at once)
 
 
+@attrs.frozen(kw_only=True)
+class MemoryGuarded(Event):
+    TYPE: ClassVar[str] = "memory.guard"
+
+    rss_mb: float
+    limit_mb: int
+    state: str  # "over" (refusing connections and mail) | "under" (accepting again)
+    plugins: tuple[str, ...]  # plugin/hook calls running when it fired (or cancelled: cause)
+    cause: str | None = None  # the plugin whose allocations were found and cancelled
+
+
 # -- delivery (published by the queue) ------------------------------------------------------
 
 
@@ -285,6 +296,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     LoopBlocked,
     PluginBreaker,
     PluginMoved,
+    MemoryGuarded,
     DeliveryAttempted,
     DeliveryDeferred,
     DeliveryBounced,

@@ -139,6 +139,7 @@ class HookRunner:
         self.on_unblock: Callable[[], None] | None = None
         # For the loop watchdog: the call in progress, and the last one with its end time.
         self.active: HookEntry | None = None
+        self.active_scope: trio.CancelScope | None = None  # its chain's (the memory guard's)
         self.last: HookEntry | None = None
         self.last_finished = 0.0
         # A call that held the loop longer than the watchdog's threshold, and when it ended.
@@ -410,6 +411,7 @@ class HookRunner:
         started = time.perf_counter()
         error: str | None = None
         self.active = entry
+        self.active_scope = scope
         threads_before = len(_LIVE_THREADS)
         try:
             value = await self._invoke(entry, record, conn, args, scope)

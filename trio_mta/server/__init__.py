@@ -7,6 +7,7 @@ from ._hooked import HookHandler as HookHandler
 from ._listen import BoundListener as BoundListener
 from ._listen import SMTPServer as SMTPServer
 from ._listen import protocol_limits as protocol_limits
+from ._memguard import MemoryGuard as MemoryGuard
 from ._observe import breaker_reporter as breaker_reporter
 from ._observe import moved_reporter as moved_reporter
 from ._observe import plugin_observer as plugin_observer

@@ -26,6 +26,7 @@ from ..hooks import (
 )
 from ..protocol import Helo, MailFrom, RcptTo, Reply, Unrecognized, reply
 from ..protocol import replies as R
+from ._memguard import CONNECT_REFUSED, MAIL_REFUSED, MemoryGuard
 
 RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
 NOT_QUEUED = reply(451, "4.3.0", "Queueing declined or disabled, try again later")
@@ -42,8 +43,10 @@ class HookHandler:
         *,
         spill_dir: Path | None = None,
         queue: OutboundQueue | None = None,
+        guard: MemoryGuard | None = None,
     ) -> None:
         self.runner = runner
+        self.guard = guard  # [limits] memory_soft_mb: refuse connections and mail while over
         self.spill_dir = spill_dir
         # The built-in outbound queue: takes relayed mail that no queue_outbound plugin took.
         self.queue = queue
@@ -70,6 +73,9 @@ class HookHandler:
         return caps
 
     async def connect(self, conn: Connection) -> Reply | None:
+        if self.guard is not None and self.guard.over:
+            conn.close_requested = True
+            return CONNECT_REFUSED
         await self.runner.run_all("connect_init", conn)
         result, _ = await self.runner.run("connect", conn)
         if result.action.is_denial:
@@ -103,6 +109,8 @@ class HookHandler:
         return reply_for("auth", result if result.action.is_denial else Result(Action.DENY))
 
     async def mail(self, conn: Connection, event: MailFrom) -> Reply:
+        if self.guard is not None and self.guard.over:
+            return MAIL_REFUSED
         if event.params.verp is not None and not self._takes_xverp(conn):
             return R.XVERP_NOT_ALLOWED
         result, _ = await self.runner.run("mail", conn, event.sender, event.params)

@@ -16,6 +16,7 @@ import trio
 
 from ..hooks import HookCall, HookRunner, OutboundQueue, PluginHealth, PluginSet, Sandbox
 from ._hooked import HookHandler
+from ._memguard import MemoryGuard
 from ._session import Session
 
 log = logging.getLogger("trio_mta.plugins")
@@ -34,8 +35,9 @@ class _CountedHandler(HookHandler):
         spill_dir: Path | None,
         done: Callable[[], None],
         queue: OutboundQueue | None = None,
+        guard: MemoryGuard | None = None,
     ):
-        super().__init__(runner, spill_dir=spill_dir, queue=queue)
+        super().__init__(runner, spill_dir=spill_dir, queue=queue, guard=guard)
         self._done = done
 
     async def disconnect(self, conn: Session) -> None:
@@ -67,6 +69,7 @@ class PluginHost:
         self.sandbox_factory = sandbox_factory
         self.on_moved = on_moved  # (plugin, hooks, why, "sandbox" | "tripped"): the event
         self._nursery: trio.Nursery | None = None
+        self.memory_guard: MemoryGuard | None = None  # set by the app with [limits] on
         self.queue = queue  # the built-in outbound queue, handed to every handler
         self.sandbox = sandbox
         self.spill_dir = spill_dir
@@ -85,8 +88,20 @@ class PluginHost:
         runner = HookRunner(plugins, sandbox=self.sandbox, observe=self.observe, health=self.health)
         self._runners.add(runner)
         return _CountedHandler(
-            runner, self.spill_dir, lambda: self._release(generation, runner), self.queue
+            runner,
+            self.spill_dir,
+            lambda: self._release(generation, runner),
+            self.queue,
+            self.memory_guard,
         )
+
+    def running(self) -> list[tuple[str, str, trio.CancelScope | None]]:
+        """(plugin, hook, cancel scope) of every session's plugin call in progress."""
+        return [
+            (r.active.plugin.name, r.active.hook, r.active_scope)
+            for r in self._runners
+            if r.active is not None
+        ]
 
     def set_observe(self, observe: Callable[[HookCall], None] | None) -> None:
         """Report plugin calls to ``observe`` from now on, live sessions included (None: stop;
