@@ -242,7 +242,14 @@ class QueueService:
     async def _work(self, id: str) -> None:
         env = self.envelopes.get(id)
         try:
-            if env is None or env.held or id in self._deleted:
+            if env is not None and id in self._deleted:
+                # Deleted between the scheduler's pick and this start: the delete left the
+                # removal to us, as to a running attempt.
+                await self.spool.remove(id)
+                self.envelopes.pop(id, None)
+                self._deleted.discard(id)
+                return
+            if env is None or env.held:
                 return
             try:
                 message = await self._read(env)
