@@ -32,6 +32,7 @@ from .hooks import (
     load_plugins,
     watch_loop,
 )
+from .ops import DaemonStatus
 from .queue import QueueService
 from .reloader import Reloader
 from .resolver import DNSResolver, parse_nameserver
@@ -272,6 +273,10 @@ async def _run_locked(
             bound: list[BoundListener] = await services.start(server.serve)
             for b in bound:
                 log.info("listening name=%s address=%s:%d", b.name, b.host, b.port)
+            # `trio-mta status|plugins|check --against-running` (they answer once listening).
+            daemon = DaemonStatus(config, host, reloader, listeners=bound, queue=queue)
+            for name, handler in daemon.handlers().items():
+                control.register(name, handler)
             if on_ready is not None:
                 on_ready(bound)
             task_status.started(bound)

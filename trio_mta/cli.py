@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from . import __version__, app, logs, queue
+from . import __version__, app, logs, ops, queue
 from .admin import AdminSetupError, add_watch_parser
 from .config import Config, ConfigError, ListenerConfig, load_config, parse_listen
 from .control import AlreadyRunning
@@ -113,6 +113,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in auth_warnings(config, plugins):
         print(f"warning: {line}", file=sys.stderr)
     print(f"configuration OK ({where})")
+    if args.against_running:
+        overrides = argparse.Namespace(var_dir=args.var_dir, listen=None)
+        return ops.against_running(_apply_overrides(config, overrides))
     return 0
 
 
@@ -250,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate the configuration and report every error")
     check.add_argument("--config", metavar="DIR", help="configuration directory (default: ./conf)")
+    check.add_argument(
+        "--against-running",
+        action="store_true",
+        help="also ask the running daemon what a reload would apply and what needs a restart",
+    )
+    check.add_argument(
+        "--var-dir", metavar="DIR", help="the running daemon's state directory (default: ./var)"
+    )
     check.set_defaults(func=cmd_check)
     passwd = sub.add_parser(
         "passwd",
@@ -266,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dkim_parser(sub)
     add_watch_parser(sub, _config_dir)
     queue.add_parser(sub, _queue_config)
+    ops.add_parsers(sub, _queue_config, app.load_plugin_set)
     return parser
 
 

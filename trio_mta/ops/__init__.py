@@ -1,0 +1,10 @@
+"""Day-one operations: ``status``, ``plugins`` (and the daemon's answers to them on the control
+socket), ``check --against-running`` and ``init``."""
+
+from ._cli import NOT_RUNNING as NOT_RUNNING
+from ._cli import add_parsers as add_parsers
+from ._cli import against_running as against_running
+from ._plugins import plugin_table as plugin_table
+from ._plugins import plugin_table_text as plugin_table_text
+from ._status import DaemonStatus as DaemonStatus
+from ._status import queue_counts as queue_counts
