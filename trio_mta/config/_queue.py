@@ -100,6 +100,11 @@ class QueueConfig:
     destination_burst: int = attrs.field(default=5, validator=_range(1, 10000))
     starttls: TlsPolicy = attrs.field(default=TlsPolicy.OPPORTUNISTIC, converter=TlsPolicy)
     bounces: bool = True
+    # A "delayed" report (RFC 3464) to the sender of a message still undelivered this long
+    # after arrival, for recipients that gave no NOTIFY (0: never, as Postfix's
+    # delay_warning_time); NOTIFY=DELAY recipients get one after this, or after
+    # DELAY_NOTIFY_DEFAULT when it is 0.
+    delay_warning: float = attrs.field(default=0.0, validator=_positive(zero_ok=True))
     # Where double bounces go; "" is postmaster@<server.hostname>.
     postmaster: str = attrs.field(default="", validator=_check_address)
 

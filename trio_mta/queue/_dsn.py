@@ -4,7 +4,9 @@ A notification is ``multipart/report; report-type=delivery-status`` (RFC 6522) w
 parts: a human-readable explanation, the ``message/delivery-status`` fields (one per-message
 block, then one block per recipient), and the original: its header section
 (``text/rfc822-headers``) or, when RET=FULL asked for it, the whole message
-(``message/rfc822``). Without RET the whole message is returned if it is small.
+(``message/rfc822``). Without RET the whole message is returned if it is small. A "delayed"
+report (a warning: the message is still being retried) returns the header section only, and
+says until when it will be retried (``Will-Retry-Until``, RFC 3464 §2.3.9).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _status(r: Recipient, action: DsnAction) -> str:
         return r.enhanced
     if action is DsnAction.FAILED:
         return f"{r.code // 100 if r.code >= 400 else 5}.0.0"
+    if action is DsnAction.DELAYED:
+        return "4.0.0"
     return "2.0.0"
 
 
@@ -54,13 +58,21 @@ def build_dsn(
     to: str,
     message_id: str,
     now: datetime,
+    retry_until: datetime | None = None,
 ) -> bytes:
-    """The notification's bytes (CRLF line ends), addressed to ``to``."""
+    """The notification's bytes (CRLF line ends), addressed to ``to``. ``retry_until``: when
+    a delayed message will be given up."""
     boundary = f"{message_id}/{hostname}"
     date = email.utils.format_datetime(now)
     arrival = email.utils.format_datetime(datetime.fromtimestamp(envelope.created, tz=now.tzinfo))
     failed = any(action is DsnAction.FAILED for _, action in recipients)
-    subject = "Undelivered Mail Returned to Sender" if failed else "Successful Mail Delivery Report"
+    delayed = not failed and any(action is DsnAction.DELAYED for _, action in recipients)
+    if failed:
+        subject = "Undelivered Mail Returned to Sender"
+    elif delayed:
+        subject = "Delayed Mail (still being retried)"
+    else:
+        subject = "Successful Mail Delivery Report"
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{to}>",
@@ -86,6 +98,16 @@ def build_dsn(
         lines += [
             "I'm sorry to have to inform you that your message could not",
             "be delivered to one or more recipients. The reasons are below.",
+        ]
+    elif delayed:
+        until = email.utils.format_datetime(retry_until) if retry_until else "it gives up"
+        lines += [
+            "####################################################################",
+            "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #",
+            "####################################################################",
+            "",
+            "Your message could not be delivered yet to the recipients below.",
+            f"The mail system will keep trying until {until}.",
         ]
     else:
         lines += ["Your message was successfully delivered to the recipients below."]
@@ -120,11 +142,20 @@ def build_dsn(
             kind = "smtp"
             lines.append(_fold(f"Diagnostic-Code: {kind}; {r.code} {r.enhanced} {r.text}"))
         lines.append(f"Last-Attempt-Date: {date}")
-    whole = envelope.ret == "FULL" or (envelope.ret is None and len(original) <= FULL_RETURN_LIMIT)
+        if action is DsnAction.DELAYED and retry_until is not None:
+            lines.append(f"Will-Retry-Until: {email.utils.format_datetime(retry_until)}")
+    whole = not delayed and (
+        envelope.ret == "FULL" or (envelope.ret is None and len(original) <= FULL_RETURN_LIMIT)
+    )
     lines += [
         "",
         f"--{boundary}",
-        "Content-Description: Undelivered Message" + ("" if whole else " Headers"),
+        (
+            "Content-Description: Delayed Message"
+            if delayed
+            else "Content-Description: Undelivered Message"
+        )
+        + ("" if whole else " Headers"),
         f"Content-Type: {'message/rfc822' if whole else 'text/rfc822-headers'}",
         "",
     ]

@@ -7,6 +7,13 @@ failing message from ``<>`` (a bounce, or relayed mail with a null sender) is re
 postmaster as a double bounce, and a failing double bounce is logged and dropped.
 NOTIFY=SUCCESS gets a "relayed" report (or "delivered", for local delivery).
 
+Delay warnings: a message still pending after ``[queue] delay_warning`` seconds (for recipients
+without NOTIFY; off when 0, as Postfix's ``delay_warning_time``) or after that, else
+``DELAY_NOTIFY_DEFAULT``, for recipients that asked NOTIFY=DELAY, gets one "delayed" report per
+message, checked after each attempt; ``Envelope.delay_warned`` records it, so a restart never
+sends it again. Never for NOTIFY=NEVER (or a NOTIFY without DELAY), never to ``<>``, never
+about our own reports.
+
 A message sent with VERP has one return path per recipient, so its notices go per recipient
 to the address that recipient's copy was sent from (``Envelope.return_path``), as Postfix does
 by default: the list software learns from the address alone whom a bounce is about. The
@@ -30,6 +37,7 @@ from ._records import Envelope, Kind, Recipient
 log = logging.getLogger("trio_mta.queue")
 
 Notice = tuple[Envelope, bytes]
+DELAY_NOTIFY_DEFAULT = 4 * 3600.0  # NOTIFY=DELAY with delay_warning = 0 (Postfix's usual 4h)
 
 
 class Notices:
@@ -44,9 +52,34 @@ class Notices:
         self.hostname = config.server.hostname
         self.bounces = config.queue.bounces
         self.postmaster = config.queue.postmaster or f"postmaster@{self.hostname}"
+        self.delay_warning = config.queue.delay_warning
+        self.give_up = config.queue.give_up
         self.ids = ids
         self.now = now
         self.runner = runner
+
+    def delay_due(self, r: Recipient) -> float | None:
+        """Seconds after arrival at which ``r`` (pending) is reported delayed; None: never."""
+        if not r.notify:
+            return self.delay_warning or None
+        if "DELAY" in r.notify:
+            return self.delay_warning or DELAY_NOTIFY_DEFAULT
+        return None
+
+    def for_delay(self, env: Envelope, message: bytes) -> list[Notice]:
+        """The "delayed" report ``env`` calls for now (at most one per message, ever)."""
+        if env.delay_warned or env.sender is None or env.kind is not Kind.MESSAGE:
+            return []
+        age = self.now() - env.created
+        late = [r for r in env.pending if (due := self.delay_due(r)) is not None and age >= due]
+        notices: list[Notice] = []
+        for return_path, group in _by_return_path(env, late).items():
+            to = return_path if return_path is not None else env.sender
+            rows = [(r, DsnAction.DELAYED) for r in group]
+            notices.append(self.make(env, rows, message, to, Kind.BOUNCE))
+        if notices:
+            log.info("queue: %s delayed %.0fs: warning sent to the sender", env.id, age)
+        return notices
 
     async def for_attempt(
         self,
@@ -113,6 +146,7 @@ class Notices:
             to=to,
             message_id=id,
             now=datetime.fromtimestamp(now, tz=UTC),
+            retry_until=datetime.fromtimestamp(env.created + self.give_up, tz=UTC),
         )
         notice = Envelope(
             id=id,

@@ -79,6 +79,8 @@ class Envelope:
     # XVERP delimiters ("+="): one transaction per recipient, each with the recipient folded
     # into the envelope sender (``return_path``). None: one sender for all.
     verp: str | None = None
+    # A "delayed" report went to the sender (one per message; older envelopes read as False).
+    delay_warned: bool = False
 
     @property
     def pending(self) -> tuple[Recipient, ...]:

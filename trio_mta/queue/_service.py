@@ -320,6 +320,11 @@ class QueueService:
                 r.remote,
             )
         notices = await self.notices.for_attempt(new, failed, delivered, message)
+        if not new.done:
+            delayed = self.notices.for_delay(new, message)
+            if delayed:  # stored before the envelope says so: a crash may repeat it, not lose it
+                notices += delayed
+                new = attrs.evolve(new, delay_warned=True)
         for notice, data in notices:
             stored = await self.spool.store(notice, [data])
             self._accept(stored)
