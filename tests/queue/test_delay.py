@@ -49,7 +49,7 @@ async def test_one_warning_after_delay_warning_then_retries_go_on(
     report = email.message_from_bytes(data, policy=email.policy.default)
     assert report["Subject"] == "Delayed Mail (still being retried)"
     assert report.get_content_type() == "multipart/report"
-    text, status, original = report.iter_parts()  # type: ignore[attr-defined]
+    text, status, original = report.iter_parts()
     assert "THIS IS A WARNING ONLY" in text.get_content()
     assert original.get_content_type() == "text/rfc822-headers"  # headers only
     fields = status.as_bytes()
