@@ -12,7 +12,7 @@ import gc
 import logging
 import math
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -27,6 +27,7 @@ from .hooks import (
     HookRunner,
     PluginEnv,
     PluginHealth,
+    PluginLoadError,
     PluginSet,
     ProcessSandbox,
     load_plugins,
@@ -74,6 +75,7 @@ def load_plugin_set(config: Config) -> PluginSet:
         directories=[base / d for d in config.plugins.directories],
         configs=config.plugin_configs,
         default_timeout=config.plugins.timeout,
+        lifecycle_timeout=config.plugins.lifecycle_timeout,
         env=plugin_env(config),
     )
 
@@ -145,6 +147,72 @@ def _tune_gc() -> None:
 
 def _needs_sandbox(plugins: PluginSet) -> bool:
     return any(e.sandbox for entries in plugins.table.values() for e in entries)
+
+
+async def _start_plugins(plugins: PluginSet, signals: AsyncIterator[int]) -> bool:
+    """The plugins' ``startup()`` (each under its deadline), obeying SIGTERM/SIGINT meanwhile:
+    a start-up that hangs must not leave the daemon deaf. False: a signal stopped it.
+
+    Raises:
+        PluginLoadError: a plugin failed to start, or did not within ``lifecycle_timeout``.
+    """
+    stopped = False
+    failed: PluginLoadError | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def obey() -> None:
+            nonlocal stopped
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log.info("signal %s during plugin start-up: stopping", name)
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+                    return
+                log.info("signal %s ignored: the plugins are still starting", name)
+
+        nursery.start_soon(obey)
+        try:
+            await plugins.startup()
+        except PluginLoadError as exc:
+            failed = exc
+        nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
+    return not stopped
+
+
+class _Reloads:
+    """SIGHUP's reload runs as a task, so the signal loop goes on obeying SIGTERM and further
+    SIGHUPs while plugins start or stop (each under its deadline); SIGHUPs that arrive during
+    a reload make one more reload after it, not one each."""
+
+    def __init__(self, reload: Callable[[], Awaitable[object]], nursery: trio.Nursery) -> None:
+        self._reload = reload
+        self._nursery = nursery
+        self._running = False
+        self._again = False
+
+    def request(self) -> None:
+        if self._running:
+            self._again = True
+            log.info("SIGHUP during a reload: another reload follows it")
+            return
+        self._running = True
+        self._nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            again = True
+            while again:
+                self._again = False
+                try:
+                    await self._reload()
+                except Exception:  # a bug in the reload must not take the daemon down
+                    log.exception("reload failed")
+                again = self._again
+        finally:
+            self._running = False
 
 
 def setup_logging(config: Config) -> None:
@@ -242,7 +310,9 @@ async def _run_locked(
             for name, handler in host.commands().items():
                 control.register(name, handler)
             # Plugins finish their async start-up before the first client is accepted.
-            await plugins.startup()
+            if not await _start_plugins(plugins, signals):
+                services.cancel_scope.cancel()
+                return
             await services.start(host.serve)
             if config.limits.memory_soft_mb:
                 guard = MemoryGuard(
@@ -252,6 +322,7 @@ async def _run_locked(
                 host.memory_guard = guard
             _follow_watchers(config, bus, host)
             reloader = Reloader(config, host, load_plugin_set, tls=tls, bus=bus, pinned=pinned)
+            reloads = _Reloads(reloader.reload, services)
             if admin is not None:  # before SMTP: a watcher may see the very first connection
                 admin_address = await services.start(admin.serve)
                 if on_admin is not None:
@@ -286,7 +357,7 @@ async def _run_locked(
                     # logrotate renamed the file: the next line starts the new one.
                     log.info("signal %s: log file reopened", signal.Signals(signum).name)
                 if signum == signal.SIGHUP:
-                    await reloader.reload()
+                    reloads.request()
                 if signum in (signal.SIGHUP, signal.SIGUSR1):
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)

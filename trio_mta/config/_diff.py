@@ -19,6 +19,7 @@ RELOADABLE = frozenset(
         "plugins.order",
         "plugins.directories",
         "plugins.timeout",
+        "plugins.lifecycle_timeout",
         "tls.cert",
         "tls.key",
         "tls.cert_dir",

@@ -365,6 +365,8 @@ class PluginsConfig:
     # if its hooks cannot run there. 0: never.
     watchdog_strikes: int = attrs.field(default=3, validator=_between(0, 1000))
     watchdog_window: float = attrs.field(default=300.0, validator=_seconds())
+    # Deadline of each plugin's startup() and shutdown() (at start, reload and exit).
+    lifecycle_timeout: float = attrs.field(default=30.0, validator=_seconds())
 
 
 def _check_ciphers(_inst: object, _attr: object, value: str) -> None:

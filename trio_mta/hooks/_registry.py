@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
+import trio
 
 from ._plugin import HOOK_PREFIX, HookOptions, Plugin, PluginEnv
 from ._result import Action, Result
@@ -65,6 +66,9 @@ class PluginSet:
     table: Mapping[str, tuple[HookEntry, ...]]
     generation: int
     sources: Mapping[str, Path] = attrs.field(factory=dict)
+    # Each plugin's startup() and shutdown() must finish within this ([plugins]
+    # lifecycle_timeout): a hung one is cancelled, so a start or reload cannot hang forever.
+    lifecycle_timeout: float = 30.0
 
     @functools.cached_property
     def blocking(self) -> Mapping[str, bool]:
@@ -75,20 +79,43 @@ class PluginSet:
         return self.table.get(hook, ())
 
     async def startup(self) -> None:
-        """Raises:
-        PluginLoadError: a plugin's start-up failed (the message names it and why)."""
+        """Each plugin's ``startup()``, in order, each under ``lifecycle_timeout``.
+
+        Raises:
+            PluginLoadError: a plugin's start-up failed or did not finish in time (the message
+                names it and why).
+        """
+        limit = self.lifecycle_timeout
         for plugin in self.plugins:
             try:
-                await plugin.startup()
+                with trio.move_on_after(limit) as scope:
+                    await plugin.startup()
             except Exception as exc:
                 raise PluginLoadError(f"plugin {plugin.name!r} failed to start: {exc}") from exc
+            if scope.cancelled_caught:
+                raise PluginLoadError(
+                    f"plugin {plugin.name!r} failed to start: startup() did not finish within "
+                    f"{limit:g}s ([plugins] lifecycle_timeout)"
+                )
 
     async def shutdown(self) -> None:
+        """Each plugin's ``shutdown()``, each under ``lifecycle_timeout`` (a hung one is
+        cancelled and logged, and the others still get theirs)."""
+        limit = self.lifecycle_timeout
         for plugin in self.plugins:
             try:
-                await plugin.shutdown()
+                with trio.move_on_after(limit) as scope:
+                    await plugin.shutdown()
             except Exception:
                 log.exception("plugin %s failed to shut down", plugin.name)
+                continue
+            if scope.cancelled_caught:
+                log.error(
+                    "plugin %s: shutdown() did not finish within %gs ([plugins] "
+                    "lifecycle_timeout); cancelled",
+                    plugin.name,
+                    limit,
+                )
 
 
 # Opcodes through which a coroutine can give control back to the event loop.
@@ -194,6 +221,7 @@ def load_plugins(
     configs: Mapping[str, Mapping[str, object]] | None = None,
     default_timeout: float = 30.0,
     env: PluginEnv | None = None,
+    lifecycle_timeout: float = 30.0,
 ) -> PluginSet:
     """Import, configure and register ``names`` in order.
 
@@ -275,4 +303,4 @@ def load_plugins(
         hook_name: tuple(sorted(items, key=lambda e: (e.priority, e.order)))
         for hook_name, items in entries.items()
     }
-    return PluginSet(tuple(plugins), table, generation, sources)
+    return PluginSet(tuple(plugins), table, generation, sources, lifecycle_timeout)
