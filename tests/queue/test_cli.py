@@ -50,6 +50,7 @@ def test_list_show_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "messages: 2" in out
     assert "dest.test: 1" in out
+    assert "corrupt entries: 0" in out
     assert run(tmp_path, "show", "nope") == 1
 
 

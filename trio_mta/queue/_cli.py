@@ -21,6 +21,7 @@ from ..control import ControlError
 from ._control import DaemonBusy, ask
 from ._select import ALL, parse_duration
 from ._service import spool_root
+from ._spool import Spool
 
 View = dict[str, Any]
 
@@ -108,12 +109,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"trio-mta queue {action}: {exc}", file=sys.stderr)
         return 1
     now = time.time()
+    if action == "stats":
+        # Entries set aside as unreadable: files only (the daemon never reads them again).
+        corrupt = Spool(spool_root(config)).corrupt
+        result = stats(result) | {"corrupt": len(list(corrupt.glob("*.env")))}
     if args.json and action in ("list", "show", "stats"):
-        print(json.dumps(result if action != "stats" else stats(result), indent=1))
+        print(json.dumps(result, indent=1))
     elif action == "list":
         print(list_text(result, now))
     elif action == "stats":
-        print(stats_text(stats(result)))
+        print(stats_text(result))
     elif action == "show":
         _write(show_text(result) + "\n")
     else:
@@ -220,6 +225,7 @@ def stats_text(figures: dict[str, Any]) -> str:
         f"held: {figures['held']}",
         f"pending recipients: {figures['pending_recipients']}",
         f"bytes: {figures['bytes']}",
+        f"corrupt entries: {figures['corrupt']}",
     ]
     if figures["oldest"] is not None:
         lines.append(f"oldest: {_when(figures['oldest'])} UTC")
