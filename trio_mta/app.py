@@ -292,7 +292,7 @@ async def _run_locked(
         async with trio.open_nursery() as services:
             sandbox = None
             # Also started later, for a plugin the watchdog's strikes move to the sandbox.
-            sandbox_factory = functools.partial(ProcessSandbox.from_config, config.plugins)
+            sandbox_factory = functools.partial(ProcessSandbox.from_config, config.plugins, bus)
             if _needs_sandbox(plugins):
                 sandbox = sandbox_factory()
                 await services.start(sandbox.serve)

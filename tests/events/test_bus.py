@@ -52,6 +52,7 @@ def test_public_surface_is_curated() -> None:
         "PluginMoved",
         "MemoryGuarded",
         "RcptReceived",
+        "SandboxWorker",
         "StatsSampled",
         "Subscription",
         "Tap",

@@ -97,14 +97,14 @@ async def test_a_runaway_hook_is_killed_at_its_deadline_and_replaced(
         await eventually(lambda: not alive(victim))
         await eventually(lambda: len(sandbox.worker_pids()) == 2)
         [fresh] = set(sandbox.worker_pids()) - set(before)
-        served = {pid_of(await runner.run("helo", new_conn(), "x")) for _ in range(2)}
-        assert served == {spared, fresh}
+        assert alive(fresh)
+        assert pid_of(await runner.run("helo", new_conn(), "x")) in {spared, fresh}
 
 
 async def test_waiting_for_a_free_worker_counts_against_the_deadline(plugin_dir: Path) -> None:
     write_plugin(plugin_dir, "slow", boxed("time.sleep(0.6)\nreturn ok('slow')", timeout=5))
     write_plugin(plugin_dir, "quick", QUICK.replace("sandbox = ", "timeout = 0.2\n    sandbox = "))
-    async with open_sandbox(workers=1, memory_mb=512, cpu_seconds=30) as sandbox:
+    async with open_sandbox(workers=1, max_workers=1, memory_mb=512, cpu_seconds=30) as sandbox:
         [pid] = sandbox.worker_pids()
         runner = HookRunner(load(plugin_dir, "slow", "quick"), sandbox=sandbox)
         done: dict[str, tuple[Result, float]] = {}
@@ -282,7 +282,10 @@ async def test_a_plugin_that_returns_nothing_continues(plugin_dir: Path) -> None
 
 
 def test_the_pool_is_sized_from_the_plugins_config() -> None:
-    config = PluginsConfig(sandbox_workers=3, sandbox_memory_mb=256, sandbox_cpu_seconds=7)
+    config = PluginsConfig(
+        sandbox_workers=3, sandbox_workers_max=5, sandbox_memory_mb=256, sandbox_cpu_seconds=7
+    )
     sandbox = ProcessSandbox.from_config(config)
-    assert (sandbox.size, sandbox.memory_mb, sandbox.cpu_seconds) == (3, 256, 7)
+    assert (sandbox.size, sandbox.max_workers) == (3, 5)
+    assert (sandbox.memory_mb, sandbox.cpu_seconds) == (256, 7)
     assert sandbox.worker_pids() == []  # nothing runs before serve()

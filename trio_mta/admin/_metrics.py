@@ -189,6 +189,11 @@ class Metrics:
                        ["plugin", "hook", "state"], self.breaker_moves)  # fmt: skip
         yield _counter("trio_mta_deliveries", "Delivery attempts and their outcomes",
                        ["outcome"], self.deliveries)  # fmt: skip
+        yield _counter("trio_mta_sandbox_workers", "Sandbox worker events, by action",
+                       ["action"], {(k,): v for k, v in c.sandbox.items()})  # fmt: skip
+        yield CounterMetricFamily("trio_mta_sandbox_wait_seconds",
+                                  "Seconds sandboxed calls waited for a free worker",
+                                  c.sandbox_wait_seconds)  # fmt: skip
         size = self.queue_size() if self.queue_size is not None else 0
         yield GaugeMetricFamily("trio_mta_queue_size", "Messages in the queue", size)
         bus = self.bus

@@ -348,7 +348,13 @@ class PluginsConfig:
     timeout: float = attrs.field(default=30.0, validator=_seconds())
     # Searched before the built-in plugins; relative paths are relative to the config dir.
     directories: tuple[Path, ...] = ()
+    # The sandbox pool: at least sandbox_workers (the old key: the minimum), at most
+    # sandbox_workers_max, with sandbox_spares idle ones started ahead of need.
     sandbox_workers: int = attrs.field(default=2, validator=_between(1, 64))
+    sandbox_workers_max: int = attrs.field(default=8, validator=_between(1, 256))
+    sandbox_spares: int = attrs.field(default=1, validator=_between(0, 64))
+    sandbox_idle_seconds: float = attrs.field(default=60.0, validator=_seconds())
+    sandbox_stall_seconds: float = attrs.field(default=0.5, validator=_seconds())
     sandbox_memory_mb: int = attrs.field(default=1024, validator=_at_least(64))
     sandbox_cpu_seconds: int = attrs.field(default=60, validator=_at_least(1))
     watchdog_ms: float = attrs.field(default=50.0, validator=_seconds())

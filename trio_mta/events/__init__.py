@@ -29,6 +29,7 @@ from ._types import PluginBreaker as PluginBreaker
 from ._types import PluginCalled as PluginCalled
 from ._types import PluginMoved as PluginMoved
 from ._types import RcptReceived as RcptReceived
+from ._types import SandboxWorker as SandboxWorker
 from ._types import StatsSampled as StatsSampled
 from ._types import TlsStarted as TlsStarted
 from ._types import TransactionEnded as TransactionEnded

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 
 class Counters:
-    __slots__ = ("accepted_bytes", "closed", "connections", "open", "replies", "transactions")
+    __slots__ = (
+        "accepted_bytes",
+        "closed",
+        "connections",
+        "open",
+        "replies",
+        "sandbox",
+        "sandbox_wait_seconds",
+        "transactions",
+    )
 
     def __init__(self) -> None:
         self.connections: dict[str, int] = {}  # by listener
@@ -19,6 +28,8 @@ class Counters:
         self.transactions: dict[str, int] = {}  # by outcome
         self.replies: dict[tuple[str, int], int] = {}  # (stage, code) -> replies sent
         self.accepted_bytes = 0
+        self.sandbox: dict[str, int] = {}  # sandbox worker events by action (spawn, kill, wait...)
+        self.sandbox_wait_seconds = 0.0
 
     def connection_opened(self, listener: str) -> None:
         self.connections[listener] = self.connections.get(listener, 0) + 1
@@ -37,3 +48,7 @@ class Counters:
     def reply(self, stage: str, code: int) -> None:
         key = (stage, code)
         self.replies[key] = self.replies.get(key, 0) + 1
+
+    def sandbox_event(self, action: str, waited: float) -> None:
+        self.sandbox[action] = self.sandbox.get(action, 0) + 1
+        self.sandbox_wait_seconds += waited

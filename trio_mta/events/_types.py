@@ -183,6 +183,18 @@ class MemoryGuarded(Event):
     cause: str | None = None  # the plugin whose allocations were found and cancelled
 
 
+@attrs.frozen(kw_only=True)
+class SandboxWorker(Event):
+    """The plugin sandbox's pool changed, or a call had to wait for one of its workers."""
+
+    TYPE: ClassVar[str] = "sandbox.worker"
+
+    pid: int
+    action: str  # spawn | kill | recycle | retire | exit | wait
+    reason: str
+    waited: float = 0.0  # seconds a call waited for a worker (action "wait")
+
+
 # -- delivery (published by the queue) ------------------------------------------------------
 
 
@@ -297,6 +309,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PluginBreaker,
     PluginMoved,
     MemoryGuarded,
+    SandboxWorker,
     DeliveryAttempted,
     DeliveryDeferred,
     DeliveryBounced,

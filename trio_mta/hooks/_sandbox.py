@@ -2,38 +2,32 @@
 
 Theory of operation
 -------------------
-``ProcessSandbox.serve`` (under ``nursery.start``, or ``open_sandbox``) starts N workers
-(``_sandbox_worker``), reports ready once every one of them has said so, then replaces dead
-workers for as long as it runs; when it stops, every worker is killed and reaped.
+``ProcessSandbox.serve`` (under ``nursery.start``, or ``open_sandbox``) runs the elastic pool
+(``_sandbox_pool``: routing, deadlines that kill only the hung call's worker, warm spares, growth
+and shrinking) of workers (``_sandbox_worker``: one Trio loop serving many calls at once).
 
 A call encodes a serialisable view *before* it takes a worker: the plugin (a token, and once per
 worker its name, source file, config and env), the hook, the connection and transaction with
 the notes that are JSON values, the message as the path of its spooled file, the hook args
-(protocol objects pickle as they are). It then takes an idle worker from a channel, so waiting
-for a free worker runs inside the runner's deadline like everything else. The worker replies
-with the result and the changes: notes set or deleted, headers added or removed, ``relaying``,
-mutated list arguments (``capabilities``). The parent applies those, then raises if the plugin
-failed (so edits made before an exception land, as they would in-process).
-
-Invariant: a worker goes back to the idle channel only after a complete, well-formed reply.
-Any other exit from a call (the deadline's ``Cancelled``, EOF, a bad frame) SIGKILLs it
-synchronously in ``finally`` and hands it to the replacer, which reaps it and starts a new one.
-The killed call never waits for that: the deadline is the deadline.
+(protocol objects pickle as they are). Waiting for a worker runs inside the runner's deadline
+like everything else. The worker replies with the result and the changes: notes set or deleted,
+headers added or removed, ``relaying``, mutated list arguments (``capabilities``). The parent
+applies those, then raises if the plugin failed (so edits made before an exception land, as
+they would in-process).
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import json
 import logging
-import math
 import os
 import pickle
-import signal
+import socket
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -42,86 +36,25 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..events import SandboxWorker
+from . import _sandbox_wire as wire
 from ._context import Connection, Transaction
 from ._plugin import Plugin
 from ._registry import HookEntry
 from ._result import CONT, Action, Result
-from ._sandbox_worker import FRAME, MAX_FRAME, REQUEST_HEAD
+from ._sandbox_pool import START_DEADLINE, Pool, PoolWorker, Reporter, SandboxError, WorkerCrashed
 
 if TYPE_CHECKING:
     from ..config import PluginsConfig
+    from ..events import EventBus
+
+__all__ = ["ProcessSandbox", "SandboxError", "WorkerCrashed", "open_sandbox", "worker_env"]
 
 log = logging.getLogger("trio_mta.sandbox")
 
 # Not ``-m``: the package imports the worker module, and runpy would then run a second copy.
 # ``-P``: the server's working directory is not an import root for the worker.
 WORKER_MAIN = "import sys; from trio_mta.hooks._sandbox_worker import main; main(sys.argv[1:])"
-_START_DEADLINE = 30.0  # seconds for a new worker to import and report ready
-
-
-class SandboxError(Exception):
-    """A sandboxed call failed: the plugin raised in its worker, or the sandbox is not running."""
-
-
-class WorkerCrashed(SandboxError):
-    """The worker died (or broke the frame protocol) during a call; it has been replaced."""
-
-
-class _Worker:
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.pid = process.pid
-        self.buffer = bytearray()
-        self.known: set[int] = set()  # plugin tokens whose spec this worker already has
-
-    async def send(self, data: bytes) -> None:
-        assert self.process.stdin is not None
-        try:
-            await self.process.stdin.send_all(data)
-        except trio.BrokenResourceError as exc:  # it died while idle
-            raise WorkerCrashed(await self._death()) from exc
-
-    async def receive(self) -> bytes:
-        stdout = self.process.stdout
-        assert stdout is not None
-        buf = self.buffer
-        while True:
-            if len(buf) >= FRAME.size:
-                (size,) = FRAME.unpack_from(buf)
-                if size > MAX_FRAME:
-                    raise WorkerCrashed(f"sandbox worker {self.pid} sent a {size}-byte frame")
-                end = FRAME.size + size
-                if len(buf) >= end:
-                    frame = bytes(buf[FRAME.size : end])
-                    del buf[:end]
-                    return frame
-            chunk = await stdout.receive_some()
-            if not chunk:
-                raise WorkerCrashed(await self._death())
-            buf += chunk
-
-    async def _death(self) -> str:
-        with trio.move_on_after(1):
-            await self.process.wait()
-        code = self.process.returncode
-        if code is None:
-            return f"sandbox worker {self.pid} closed its pipe"
-        if code < 0:
-            return f"sandbox worker {self.pid} was killed by {signal.Signals(-code).name}"
-        return f"sandbox worker {self.pid} exited with status {code}"
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            self.process.kill()
-
-    async def reap(self) -> None:
-        """Kill, wait for the exit status, close the pipes; even when cancelled."""
-        self.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await self.process.wait()
-            for stream in (self.process.stdin, self.process.stdout):
-                if stream is not None:
-                    await stream.aclose()
 
 
 class ProcessSandbox:
@@ -131,57 +64,65 @@ class ProcessSandbox:
         self,
         *,
         workers: int = 2,
+        max_workers: int | None = None,
+        spares: int = 1,
+        idle_seconds: float = 60.0,
+        stall_seconds: float = 0.5,
+        grace: float = 0.5,
         memory_mb: int = 1024,
         cpu_seconds: int = 60,
         python: str = sys.executable,
+        report: Reporter | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("a sandbox needs at least one worker")
         self.size = workers
+        self.max_workers = max(max_workers if max_workers is not None else workers * 4, workers)
+        self.spares = spares
         self.memory_mb = memory_mb
         self.cpu_seconds = cpu_seconds
+        self.stall_seconds = stall_seconds
         self.python = python
-        self._idle_send, self._idle_recv = trio.open_memory_channel[_Worker](math.inf)
-        self._dead_send, self._dead_recv = trio.open_memory_channel[_Worker](math.inf)
-        self._workers: set[_Worker] = set()
+        self.pool = Pool(
+            self._spawn,
+            minimum=workers,
+            maximum=self.max_workers,
+            spares=spares,
+            idle_seconds=idle_seconds,
+            grace=grace,
+            report=report,
+        )
         self._tokens: weakref.WeakKeyDictionary[Plugin, tuple[int, bytes]] = (
             weakref.WeakKeyDictionary()
         )
         self._counter = itertools.count(1)
-        self._closed = False
 
     @classmethod
-    def from_config(cls, config: PluginsConfig) -> ProcessSandbox:
+    def from_config(cls, config: PluginsConfig, bus: EventBus | None = None) -> ProcessSandbox:
         return cls(
             workers=config.sandbox_workers,
+            max_workers=config.sandbox_workers_max,
+            spares=config.sandbox_spares,
+            idle_seconds=config.sandbox_idle_seconds,
+            stall_seconds=config.sandbox_stall_seconds,
             memory_mb=config.sandbox_memory_mb,
             cpu_seconds=config.sandbox_cpu_seconds,
+            report=bus_reporter(bus) if bus is not None else None,
         )
 
     def worker_pids(self) -> list[int]:
-        """The process ids of the workers that are ready (idle or busy)."""
-        return sorted(w.pid for w in self._workers)
+        """The process ids of the workers that take calls (idle or busy, not draining)."""
+        return sorted(w.pid for w in self.pool.workers if w.draining is None)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Counters: workers spawned, killed, recycled, retired, crashed; calls retried; waits
+        for a worker and the seconds spent waiting."""
+        return self.pool.stats
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the workers, report ready, then keep the pool full until cancelled."""
-        if self._closed:
-            raise SandboxError("a sandbox serves once")
-        try:
-            async with trio.open_nursery() as starting:
-                for _ in range(self.size):
-                    starting.start_soon(self._add_worker)
-            task_status.started()
-            async with trio.open_nursery() as nursery:
-                async for dead in self._dead_recv:
-                    nursery.start_soon(self._replace, dead)
-        finally:
-            self._closed = True
-            self._idle_send.close()  # callers waiting for a worker get SandboxError
-            workers, self._workers = list(self._workers), set()
-            for worker in workers:
-                worker.kill()
-            for worker in workers:
-                await worker.reap()
+        """Start the workers, report ready, then keep the pool in shape until cancelled."""
+        await self.pool.run(task_status=task_status)
 
     async def call(self, entry: HookEntry, conn: Connection, args: tuple[object, ...]) -> Result:
         token, spec = self._plugin_ref(entry.plugin)
@@ -189,38 +130,8 @@ class ProcessSandbox:
             (entry.hook, _conn_view(conn), _txn_view(conn.transaction), args),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
-        try:
-            # An idle worker at hand skips a scheduler round trip; the pipe I/O below still
-            # checkpoints, so the call stays cancellable.
-            worker = self._idle_recv.receive_nowait()
-        except trio.WouldBlock:
-            worker = await self._receive_worker()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise SandboxError("the plugin sandbox is not running") from None
-        healthy = False
-        try:
-            extra = b"" if token in worker.known else spec
-            head = REQUEST_HEAD.pack(token, len(extra))
-            await worker.send(FRAME.pack(len(head) + len(extra) + len(body)) + head + extra + body)
-            raw = await worker.receive()
-            try:
-                reply = json.loads(raw)
-            except ValueError as exc:
-                raise WorkerCrashed(f"sandbox worker {worker.pid} sent a bad reply") from exc
-            worker.known.add(token)
-            healthy = True
-        finally:
-            if healthy:
-                self._release(worker)
-            else:
-                self._discard(worker)
+        reply = await self.pool.request(token, spec, body, sync=not entry.is_async)
         return _apply(reply, conn, args, entry)
-
-    async def _receive_worker(self) -> _Worker:
-        try:
-            return await self._idle_recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise SandboxError("the plugin sandbox is not running") from None
 
     def _plugin_ref(self, plugin: Plugin) -> tuple[int, bytes]:
         ref = self._tokens.get(plugin)
@@ -231,56 +142,65 @@ class ProcessSandbox:
             self._tokens[plugin] = ref
         return ref
 
-    def _release(self, worker: _Worker) -> None:
-        try:
-            self._idle_send.send_nowait(worker)
-        except trio.ClosedResourceError:  # shutting down: serve() has killed it already
-            worker.kill()
-
-    def _discard(self, worker: _Worker) -> None:
-        worker.kill()
-        self._workers.discard(worker)
-        if not self._closed:
-            self._dead_send.send_nowait(worker)  # an unbounded channel: never blocks
-
-    async def _replace(self, dead: _Worker) -> None:
-        await dead.reap()
-        delay = 0.1
-        while True:
-            try:
-                await self._add_worker()
-                return
-            except (OSError, ValueError, SandboxError, trio.TooSlowError):
-                log.exception("could not start a sandbox worker; retrying in %.1fs", delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    async def _add_worker(self) -> None:
+    async def _spawn(self) -> PoolWorker:
         level = logging.getLogger("trio_mta").getEffectiveLevel()
-        command = [self.python, "-P", "-c", WORKER_MAIN]
-        command += [str(self.memory_mb), str(self.cpu_seconds), str(level)]
-        process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env()
-        )
-        worker = _Worker(process)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with trio.fail_after(_START_DEADLINE):
-                ready = json.loads(await worker.receive())
-            if ready != {"ready": worker.pid}:
-                raise WorkerCrashed(f"sandbox worker {worker.pid} said {ready!r}, not ready")
+            command = [self.python, "-P", "-c", WORKER_MAIN, str(theirs.fileno())]
+            command += [str(self.memory_mb), str(self.cpu_seconds), str(level)]
+            command += [repr(self.stall_seconds)]
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=worker_env()
+            )
         except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        worker = PoolWorker(process, mine)
+        try:
+            with trio.fail_after(START_DEADLINE):
+                note = await _first_frame(worker)
+            kind, pid, _ = wire.NOTE.unpack(note)
+            if kind != wire.READY or pid != worker.pid:
+                raise WorkerCrashed(f"sandbox worker {worker.pid} said {note!r}, not ready")
+        except BaseException:
+            worker.kill()
             await worker.reap()
             raise
-        self._workers.add(worker)  # from here on, serve() kills it when it stops
-        self._idle_send.send_nowait(worker)
+        return worker
+
+
+async def _first_frame(worker: PoolWorker) -> bytes:
+    while True:
+        frames = wire.split_frames(worker.buffer)
+        if frames:
+            return frames[0]  # a worker says nothing else before the first call
+        await trio.lowlevel.wait_readable(worker.sock)
+        chunk = worker.sock.recv(1 << 16)
+        if not chunk:
+            raise WorkerCrashed(await worker.reap())
+        worker.buffer += chunk
+
+
+def bus_reporter(bus: EventBus) -> Reporter:
+    """Worker events on the bus, and the counters /metrics shows."""
+
+    def report(pid: int, action: str, reason: str, waited: float) -> None:
+        bus.counters.sandbox_event(action, waited)
+        bus.publish(
+            SandboxWorker(ts=time.time(), pid=pid, action=action, reason=reason, waited=waited)
+        )
+
+    return report
 
 
 @asynccontextmanager
-async def open_sandbox(
-    *, workers: int = 2, memory_mb: int = 1024, cpu_seconds: int = 60
-) -> AsyncIterator[ProcessSandbox]:
-    """A running sandbox for the body of the ``async with``; every worker is killed on exit."""
-    sandbox = ProcessSandbox(workers=workers, memory_mb=memory_mb, cpu_seconds=cpu_seconds)
+async def open_sandbox(**options: Any) -> AsyncIterator[ProcessSandbox]:
+    """A running sandbox for the body of the ``async with`` (``options`` as for
+    ``ProcessSandbox``); every worker is killed on exit."""
+    sandbox = ProcessSandbox(**options)
     async with trio.open_nursery() as nursery:
         await nursery.start(sandbox.serve)
         try:

@@ -1,175 +1,197 @@
-"""The far side of the process sandbox: one worker process, one hook call at a time.
+"""The far side of the process sandbox: one worker process serving many calls at once.
 
 Theory of operation
 -------------------
-Started by ``_sandbox`` as ``python -P -c WORKER_MAIN MEMORY_MB CPU_SECONDS LOG_LEVEL``. Before
-it reads a request the worker limits itself (RLIMIT_AS, both soft and hard, so plugin code
-cannot lift it; RLIMIT_CPU soft), moves the protocol off fds 0/1 (a plugin's ``print`` goes to
-stderr, never into the frame stream) and sends a ready frame. Then it serves one request at a
-time from a single long-lived ``trio.run``: async hooks are awaited there, sync hooks are called
-directly (blocking is the point of this process). Plugin state (``setup``/``startup``) persists
-across calls in the same worker, as it would in the server.
+Started by the pool as ``python -P -c WORKER_MAIN FD MEMORY_MB CPU_SECONDS LOG_LEVEL STALL``
+with one end of a Unix socket pair at ``FD``. It limits itself (RLIMIT_AS, soft and hard, so
+plugin code cannot lift it; RLIMIT_CPU soft), moves stdin/stdout out of the way (a plugin's
+``print`` goes to stderr) and sends READY. Then one ``trio.run`` serves every call the parent
+sends (see ``_sandbox_wire``): an async hook runs as a task, so one that awaits holds nothing;
+a sync hook runs inline on the loop when the parent gave it the worker to itself, or in a
+thread when it shares the worker. Plugin state (``setup``/``startup``) persists across calls.
 
-Frames are ``>I`` length-prefixed. Requests (parent → worker) are pickled: the parent is the
-trusted side. Replies are JSON: the parent never unpickles what ran next to plugin code, and
-notes that cross the boundary must be JSON values anyway.
+A CANCEL for a task cancels its scope; the task answers CANCELLED when it has unwound. A thread
+cannot be stopped: it is abandoned and the answer says so (the parent then retires this worker).
+An inline call blocks the loop, so its CANCEL is read only once it returns: the parent's grace
+period runs out first and it kills the worker.
 
-The CPU limit is a per-call budget: before each call the soft limit is moved to the CPU used so
-far plus the budget, so a long-lived worker is not killed for the sum of its innocent calls.
-Going over it delivers SIGXCPU, which ends the process: the parent sees EOF, a crash.
+A watchdog thread sends STALLED when the loop has not ticked for ``STALL`` seconds (naming the
+call whose frame is on the main thread's stack: the parent moves the other calls elsewhere) or
+when a thread call burns CPU that long (the GIL it holds slows every call here).
 
-Plugin modules are cached per (path, mtime); a plugin instance per (parent token, mtime).
+A call that leaves threads running (not the ones the plugin's ``startup`` started) or ran out
+of memory asks the parent in its reply to retire this worker. Replies are JSON: the parent never
+unpickles what ran next to plugin code. The CPU limit is a budget renewed at every call.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import json
 import logging
 import math
 import os
 import pickle
 import resource
 import signal
-import struct
+import socket
+import sys
+import threading
+import time
 import traceback
-from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import trio
 
-from ._context import Connection, Message, Transaction
-from ._plugin import HOOK_PREFIX, Plugin, PluginEnv
+from . import _sandbox_wire as wire
+from ._plugin import Plugin
 from ._registry import import_plugin_module
-from ._result import Result
-
-FRAME = struct.Struct(">I")
-REQUEST_HEAD = struct.Struct(">QI")  # plugin token, length of the plugin spec (0: known)
-MAX_FRAME = 256 * 1024 * 1024
-_READ_SIZE = 65536
-_MAX_SLOTS = 256
+from ._sandbox_call import Prepared, Slot, error_reply, finish, prepare
 
 log = logging.getLogger("trio_mta.sandbox")
-
-
-def read_frame(fd: int) -> bytes | None:
-    """One frame from a blocking fd; None on a clean EOF between frames."""
-    head = _read_exact(fd, FRAME.size)
-    if head is None:
-        return None
-    (size,) = FRAME.unpack(head)
-    if size > MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes is too large")
-    body = _read_exact(fd, size)
-    if body is None:
-        raise EOFError("pipe closed inside a frame")
-    return body
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    parts: list[bytes] = []
-    got = 0
-    while got < size:
-        chunk = os.read(fd, min(size - got, 1 << 20))
-        if not chunk:
-            if got:
-                raise EOFError("pipe closed inside a frame")
-            return None
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-def write_frame(fd: int, payload: bytes) -> None:
-    view = memoryview(FRAME.pack(len(payload)) + payload)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class FileMessage(Message):
-    """The parent's message, read-only, from the file it was spooled to."""
-
-    def __init__(self, path: str, size: int, header_block: bytes, complete: bool) -> None:
-        super().__init__()
-        self._path = Path(path)
-        self.size = size
-        self._block = header_block
-        self._complete = complete
-
-    def write(self, data: bytes) -> None:
-        raise RuntimeError("the message is read-only in the sandbox")
-
-    @property
-    def headers_complete(self) -> bool:
-        return self._complete
-
-    @property
-    def header_block(self) -> bytes:
-        return self._block
-
-    def chunks(self) -> Iterator[bytes]:
-        left = self.size
-        with self._path.open("rb") as f:
-            while left > 0 and (block := f.read(min(_READ_SIZE, left))):
-                left -= len(block)
-                yield block
-
-    def path(self) -> Path:
-        return self._path
-
-    def close(self) -> None:
-        return None
-
-
-class _Slot:
-    """One plugin as this worker knows it: the spec the parent sent, and the live instance."""
-
-    def __init__(self, spec: tuple[str, str, Mapping[str, object], PluginEnv]) -> None:
-        self.name, path, self.config, self.env = spec
-        self.path = Path(path)
-        self.mtime = -1
-        self.instance: Plugin | None = None
-        self.is_async: dict[str, bool] = {}
+_MAX_SLOTS = 256
+_THREADS = 8  # sync calls sharing this worker at once, each in its own thread
 
 
 class Worker:
-    def __init__(self, fd_in: int, fd_out: int, cpu_seconds: int) -> None:
-        self.fd_in = fd_in
-        self.fd_out = fd_out
+    def __init__(self, sock: socket.socket, cpu_seconds: int, stall: float) -> None:
+        self.sock = sock
         self.cpu_seconds = cpu_seconds
-        self.slots: dict[int, _Slot] = {}
+        self.stall = stall
+        self.send_lock = threading.Lock()
+        self.slots: dict[int, Slot] = {}
         self.classes: dict[tuple[Path, int], type[Plugin]] = {}
         self.generations = itertools.count(1)
+        self.scopes: dict[int, trio.CancelScope] = {}
+        self.in_thread: dict[int, float] = {}  # thread calls: call id -> start
+        self.limiter = trio.CapacityLimiter(_THREADS)
+        self.known_threads: set[threading.Thread] = set()
+        self.tick = time.monotonic()
+        self.main_thread = threading.get_ident()
+        self.nursery: trio.Nursery | None = None
+
+    def send(self, payload: bytes) -> None:
+        data = wire.frame(payload)
+        with self.send_lock:  # the watchdog thread sends too
+            self.sock.sendall(data)
 
     async def serve(self) -> None:
-        while (frame := read_frame(self.fd_in)) is not None:
-            renew_cpu_budget(self.cpu_seconds)
-            reply = await self.handle(frame)
-            write_frame(self.fd_out, encode_reply(reply))
+        self.known_threads = set(threading.enumerate())
+        threading.Thread(target=self.watch, name="sandbox-watchdog", daemon=True).start()
+        self.known_threads = set(threading.enumerate())
+        buffer = bytearray()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self.heartbeat)
+            while True:
+                await trio.lowlevel.wait_readable(self.sock)
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    break  # the parent retired us, or is gone
+                buffer += chunk
+                for frame in wire.split_frames(buffer):
+                    self.dispatch(frame)
+            nursery.cancel_scope.cancel()
 
-    async def handle(self, frame: bytes) -> dict[str, Any]:
-        token, spec_len = REQUEST_HEAD.unpack_from(frame)
-        offset = REQUEST_HEAD.size
+    async def heartbeat(self) -> None:
+        while True:
+            self.tick = time.monotonic()
+            await trio.sleep(self.stall / 4)
+
+    def dispatch(self, frame: bytes) -> None:
+        kind, cid, mode, token, spec_len = wire.REQUEST_HEAD.unpack_from(frame)
+        if kind == wire.CANCEL:
+            scope = self.scopes.get(cid)
+            if scope is not None:
+                scope.cancel()
+            return
+        renew_cpu_budget(self.cpu_seconds)
+        offset = wire.REQUEST_HEAD.size
         try:
             if spec_len:
                 if len(self.slots) >= _MAX_SLOTS:
                     self.slots.clear()
-                self.slots[token] = _Slot(pickle.loads(frame[offset : offset + spec_len]))
+                self.slots[token] = Slot(pickle.loads(frame[offset : offset + spec_len]))
             slot = self.slots.get(token)
             if slot is None:
                 raise RuntimeError(f"unknown plugin token {token}")
-            plugin = await self.load(slot)
-            hook, conn_view, txn_view, args = pickle.loads(frame[offset + spec_len :])
+            request = pickle.loads(frame[offset + spec_len :])
         except Exception:
-            return {"error": traceback.format_exc()}
-        return await call_hook(slot, plugin, hook, conn_view, txn_view, args)
+            self.reply(cid, error_reply(traceback.format_exc()))
+            return
+        if mode == wire.INLINE and slot.ready():
+            self.run_inline(cid, slot, request)
+            return
+        assert self.nursery is not None
+        self.nursery.start_soon(self.run_task, cid, slot, request, mode)
 
-    async def load(self, slot: _Slot) -> Plugin:
-        mtime = slot.path.stat().st_mtime_ns
-        if slot.instance is not None and slot.mtime == mtime:
+    def run_inline(self, cid: int, slot: Slot, request: tuple[Any, ...]) -> None:
+        """A sync hook on a worker of its own: called right here, blocking the loop."""
+        assert slot.instance is not None
+        call = prepare(slot, slot.instance, request)
+        try:
+            value: object = call.fn(call.conn, *call.args)
+        except BaseException as exc:  # reported to the parent
+            self.reply(cid, finish(call, None, exc))
+            return
+        self.reply(cid, finish(call, value, None))
+
+    async def run_task(self, cid: int, slot: Slot, request: tuple[Any, ...], mode: int) -> None:
+        value: object = None
+        error: BaseException | None = None
+        call: Prepared | None = None
+        with trio.CancelScope() as scope:
+            self.scopes[cid] = scope
+            try:
+                call = prepare(slot, await self.load(slot), request)
+                if mode == wire.TASK:
+                    value = await call.fn(call.conn, *call.args)
+                elif mode == wire.INLINE:
+                    value = call.fn(call.conn, *call.args)
+                else:
+                    value = await self.in_a_thread(cid, call)
+            except Exception as exc:
+                error = exc
+            finally:
+                del self.scopes[cid]
+        if scope.cancelled_caught:
+            stuck = cid in self.in_thread
+            self.in_thread.pop(cid, None)
+            self.send(wire.NOTE.pack(wire.CANCELLED, cid, stuck))
+            return
+        if call is None:
+            self.reply(cid, error_reply("".join(traceback.format_exception(error))))
+            return
+        self.reply(cid, finish(call, value, error))
+
+    async def in_a_thread(self, cid: int, call: Prepared) -> object:
+        self.in_thread[cid] = time.monotonic()
+
+        def run() -> object:
+            self.known_threads.add(threading.current_thread())  # Trio's, reused: not a leak
+            return call.fn(call.conn, *call.args)
+
+        value = await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self.limiter)
+        del self.in_thread[cid]
+        return value
+
+    def reply(self, cid: int, reply: dict[str, Any]) -> None:
+        if "recycle" not in reply and threading.active_count() > len(self.known_threads):
+            left = self.stray_threads()
+            if left:
+                reply["recycle"] = f"the call left {len(left)} thread(s) running: {left[0]}"
+        self.send(wire.REPLY_HEAD.pack(wire.REPLY, cid) + encode_reply(reply))
+
+    def stray_threads(self) -> list[str]:
+        """Threads neither known at startup nor Trio's cached ones (which run thread calls)."""
+        return [t.name for t in threading.enumerate() if t not in self.known_threads]
+
+    async def load(self, slot: Slot) -> Plugin:
+        if slot.ready():
+            assert slot.instance is not None
             return slot.instance
+        mtime = slot.path.stat().st_mtime_ns
         cls = self.classes.get((slot.path, mtime))
         if cls is None:
             cls = import_plugin_module(slot.name, slot.path, next(self.generations))
@@ -181,111 +203,48 @@ class Worker:
         )
         if type(instance).startup is not Plugin.startup:
             await instance.startup()
-        slot.instance, slot.mtime = instance, mtime
+        slot.instance, slot.mtime, slot.checked = instance, mtime, time.monotonic()
+        self.known_threads = set(threading.enumerate())  # startup may start its own threads
         return instance
 
+    # -- the watchdog thread ---------------------------------------------------------------
 
-async def call_hook(
-    slot: _Slot,
-    plugin: Plugin,
-    hook: str,
-    conn_view: tuple[Any, ...],
-    txn_view: tuple[Any, ...] | None,
-    args: tuple[object, ...],
-) -> dict[str, Any]:
-    conn, conn_notes, txn_notes = rebuild_connection(conn_view, txn_view)
-    txn = conn.transaction
-    txn_before = None
-    if txn is not None:
-        txn_before = (len(txn.added_headers), set(txn.removed_headers), set(txn.skip_plugins))
-    lists = {i: list(a) for i, a in enumerate(args) if isinstance(a, list)}
-    error: str | None = None
-    value: object = None
-    try:
-        fn = getattr(plugin, HOOK_PREFIX + hook)
-        is_async = slot.is_async.get(hook)
-        if is_async is None:
-            is_async = slot.is_async[hook] = inspect.iscoroutinefunction(fn)
-        value = await fn(conn, *args) if is_async else fn(conn, *args)
-    except MemoryError:
-        error = "MemoryError: the sandbox memory limit was reached"
-    except Exception:
-        error = traceback.format_exc()
-    reply: dict[str, Any] = {
-        "relaying": conn.relaying,
-        "notes": diff_notes(conn_notes, conn.notes),
-    }
-    if txn is not None and txn_before is not None and txn_notes is not None:
-        added, removed, skipped = txn_before
-        reply["txn"] = {
-            "notes": diff_notes(txn_notes, txn.notes),
-            "add": txn.added_headers[added:],
-            "remove": sorted(txn.removed_headers - removed),
-            "skip": sorted(txn.skip_plugins) if txn.skip_plugins != skipped else None,
-        }
-    changed = {str(i): args[i] for i, before in lists.items() if args[i] != before}
-    if changed:
-        reply["args"] = changed
-    if error is None:
-        if isinstance(value, Result):
-            reply["result"] = [value.action.value, value.message, value.code, value.enhanced]
-        elif value is not None:
-            error = f"returned {type(value).__name__}, not a Result"
-    if error is not None:
-        reply["error"] = error
-    return reply
+    def watch(self) -> None:
+        reported: set[int] = set()
+        cpu_then, then = time.process_time(), time.monotonic()
+        while True:
+            time.sleep(self.stall / 4)
+            now, cpu = time.monotonic(), time.process_time()
+            burning = (cpu - cpu_then) > 0.5 * (now - then)
+            cpu_then, then = cpu, now
+            if now - self.tick > self.stall:
+                cid = self.culprit()
+                if cid is not None and cid not in reported:
+                    reported.add(cid)
+                    self.send(wire.NOTE.pack(wire.STALLED, cid, 1 | (2 if burning else 0)))
+            elif burning:
+                for cid, started in list(self.in_thread.items()):
+                    if now - started > self.stall and cid not in reported:
+                        reported.add(cid)
+                        self.send(wire.NOTE.pack(wire.STALLED, cid, 2))
+            if len(reported) > 1000:
+                reported.clear()
 
-
-def rebuild_connection(
-    view: tuple[Any, ...], txn_view: tuple[Any, ...] | None
-) -> tuple[Connection, dict[str, Any], dict[str, Any] | None]:
-    """Real ``Connection``/``Transaction`` objects, and snapshots of their notes to diff."""
-    (cid, listener, ip, port, local_ip, local_port, started, helo, extended, tls_version,
-     tls_cipher, auth_user, relaying, transactions, notes) = view  # fmt: skip
-    conn = Connection(
-        id=cid,
-        listener=listener,
-        client_ip=ip,
-        client_port=port,
-        local_ip=local_ip,
-        local_port=local_port,
-        started=started,
-        helo=helo,
-        extended=extended,
-        tls_version=tls_version,
-        tls_cipher=tls_cipher,
-        auth_user=auth_user,
-        relaying=relaying,
-        transactions=transactions,
-        notes=json.loads(notes),
-    )
-    if txn_view is not None:
-        (tid, sender, mail_params, tstarted, recipients, tnotes, added, removed, skip,
-         message) = txn_view  # fmt: skip
-        conn.transaction = Transaction(
-            id=tid,
-            sender=sender,
-            mail_params=mail_params,
-            started=tstarted,
-            recipients=recipients,
-            notes=json.loads(tnotes),
-            message=FileMessage(*message) if message is not None else None,
-            added_headers=added,
-            removed_headers=set(removed),
-            skip_plugins=set(skip),
-        )
-        return conn, json.loads(notes), json.loads(tnotes)
-    return conn, json.loads(notes), None
-
-
-def diff_notes(before: Mapping[str, Any], after: Mapping[Any, Any]) -> dict[str, Any]:
-    """What changed: ``set`` (new or different values) and ``del`` (keys that went away)."""
-    changed = {k: v for k, v in after.items() if k not in before or before[k] != v}
-    removed = [k for k in before if k not in after]
-    return {"set": changed, "del": removed} if changed or removed else {}
+    def culprit(self) -> int | None:
+        """The call whose frame is on the loop thread's stack right now, if any."""
+        frame: FrameType | None = sys._current_frames().get(self.main_thread)
+        codes = (Worker.run_inline.__code__, Worker.run_task.__code__)
+        while frame is not None:
+            if frame.f_code in codes:
+                cid = frame.f_locals.get("cid")
+                return cid if isinstance(cid, int) else None
+            frame = frame.f_back
+        return None
 
 
 def encode_reply(reply: dict[str, Any]) -> bytes:
+    import json
+
     try:
         return json.dumps(reply, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
@@ -310,9 +269,9 @@ def apply_memory_limit(megabytes: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    memory_mb, cpu_seconds, level = int(argv[0]), int(argv[1]), int(argv[2])
+    fd, memory_mb, cpu_seconds, level = (int(a) for a in argv[:4])
+    stall = float(argv[4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    fd_in, fd_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)
@@ -320,7 +279,11 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(
         level=level, format=f"%(asctime)s sandbox[{os.getpid()}] %(name)s %(levelname)s %(message)s"
     )
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
     apply_memory_limit(memory_mb)
     renew_cpu_budget(cpu_seconds)
-    write_frame(fd_out, json.dumps({"ready": os.getpid()}).encode())
-    trio.run(Worker(fd_in, fd_out, cpu_seconds).serve)
+    worker = Worker(sock, cpu_seconds, stall)
+    worker.send(wire.NOTE.pack(wire.READY, os.getpid(), 0))
+    trio.run(worker.serve)
+    os._exit(0)  # abandoned threads must not hold the exit
