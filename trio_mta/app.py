@@ -253,7 +253,13 @@ async def run(
     admin = None
     if config.admin.enabled:
         metrics = Metrics(bus, plugin_metrics=config.admin.plugin_metrics)
-        admin = AdminServer(config.admin, bus, metrics, server_name=config.server.hostname)
+        admin = AdminServer(
+            config.admin,
+            bus,
+            metrics,
+            server_name=config.server.hostname,
+            var_dir=config.server.var_dir,
+        )
     config.server.var_dir.mkdir(parents=True, exist_ok=True)
     # One daemon per state directory, decided before the spool is recovered or a port bound:
     # a second one would deliver the same spool again (and remove the first's files on exit).

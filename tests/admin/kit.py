@@ -89,6 +89,32 @@ class Daemon:
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split()[1]), body
 
+    async def post(
+        self,
+        path: str,
+        body: object,
+        headers: Mapping[str, str] | None = None,
+        *,
+        method: str = "POST",
+    ) -> tuple[int, bytes]:
+        """An HTTP request with a JSON body (``Content-Type`` unless ``headers`` has one)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        fields = {
+            "Host": self.base_url,
+            "Content-Type": "application/json",
+            "Content-Length": str(len(data)),
+            **(headers or {}),
+        }
+        stream = await trio.open_tcp_stream(*self.admin)
+        lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in fields.items() if v)]
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+        answer = b""
+        while chunk := await stream.receive_some():
+            answer += chunk
+        await stream.aclose()
+        head, _, reply = answer.partition(b"\r\n\r\n")
+        return int(head.split()[1]), reply
+
     async def upgrade(self, path: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
         """A websocket handshake with these headers (Host included, unlike trio-websocket's
         client allows); the status and body of a refusal (101 and b"" if accepted)."""

@@ -18,10 +18,13 @@ from pathlib import Path
 import trio
 import trio_websocket
 
+from trio_mta.control import arequest
+
 from .kit import admin_config, running
 from .outbound import DOMAIN, outbound_config, sink
 
 CAP = 40
+WORDS = ("delivered", "deferred", "bounced")
 CHROMIUM = shutil.which("chromium")
 FLAGS = (
     "--headless",
@@ -208,7 +211,10 @@ async def test_the_page_shows_deliveries_with_queue_id_host_reply_and_24_hour_ti
             tz = await browser.evaluate("document.getElementById('tz').textContent")
     assert outcomes == "bounced,deferred,delivered"
     assert isinstance(cells, list)
-    by_outcome = {row[8].split(" ")[0]: row for row in cells}
+    # (A deferred row's result cell also holds its action buttons.)
+    by_outcome = {w: row for row in cells for w in WORDS if row[8].startswith(w)}
+    assert "holdretrydelete" in by_outcome["deferred"][8]
+    assert by_outcome["delivered"][8] == "delivered"
     host = f"{peer.ip}[{peer.ip}]"
     delivered = by_outcome["delivered"]
     assert delivered[1] == queue_id
@@ -279,6 +285,9 @@ async def test_the_charts_render_live_traffic_and_a_screenshot_is_taken(tmp_path
             await browser.wait_for(
                 "document.querySelector('#chart-queue polyline').getAttribute('points') !== ''"
             )
+            await browser.wait_for(
+                "Number(document.querySelector('#chart-queue polyline').dataset.total) > 0"
+            )
             relay = "document.querySelector('#chart-plugins g[data-plugin=\"relay_acl\"]')"
             await browser.wait_for(f"{relay} && Number({relay}.dataset.p95) > 0")
             charts = await browser.evaluate(
@@ -316,3 +325,59 @@ async def test_the_charts_render_live_traffic_and_a_screenshot_is_taken(tmp_path
     assert charts["width"] <= 1280
     # /metrics reads the same queue (its gauge was never fed before).
     assert "\ntrio_mta_queue_size 6.0\n" in metrics
+
+
+async def click(browser: DevTools, selector: str) -> None:
+    """A real mouse click (pressed and released) at the middle of the element."""
+    box = await browser.wait_for(
+        f"(() => {{ const el = document.querySelector('{selector}'); if (!el) return null;"
+        "  el.scrollIntoView({block: 'center'}); const r = el.getBoundingClientRect();"
+        "  return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+    )
+    assert isinstance(box, list)
+    x, y = box
+    for kind in ("mousePressed", "mouseReleased"):
+        await browser.call(
+            "Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1
+        )
+
+
+async def test_a_click_on_hold_holds_the_queued_message_asking_for_the_token_once(
+    tmp_path: Path,
+) -> None:
+    var = tmp_path / "var"
+    token = "s3cret-admin-token-0123"
+    with sink() as peer, trio.fail_after(CAP):
+        async with (
+            running(outbound_config(var, peer, token=token)) as d,
+            chromium(tmp_path / "profile") as browser,
+        ):
+            await browser.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=1280, height=900, deviceScaleFactor=1, mobile=False,
+            )  # fmt: skip
+            # Viewing is open on loopback: the page is opened without the token.
+            await browser.call("Page.navigate", url=f"http://{d.base_url}/")
+            await browser.wait_for("document.body.dataset.state === 'connected'")
+            answer = await d.send(f"s@{DOMAIN}", (f"defer@{DOMAIN}",))
+            queue_id = answer.text.rsplit(" ", 1)[1]
+            row = f'tr[data-queue-id="{queue_id}"][data-delivery="deferred"]'
+            await click(browser, f'{row} button[data-action="queue/hold"]')
+            # Asked for the token (nothing was sent without it).
+            await browser.wait_for("!document.getElementById('token-box').hidden")
+            assert not (await arequest(var, "queue.show", id=queue_id))["held"]
+            await browser.call("Input.insertText", text=token)  # the box has the focus
+            await click(browser, "#token-ok")
+            await browser.wait_for(f"document.querySelector('{row}').dataset.held === 'true'")
+            said = await browser.evaluate("document.getElementById('act-result').textContent")
+            held = (await arequest(var, "queue.show", id=queue_id))["held"]
+            # The next action is not asked for the token again: release by the action bar.
+            await click(browser, row)  # a click on the row fills the queue id in
+            await click(browser, '#actions button[data-action="queue/release"]')
+            await browser.wait_for(f"!('held' in document.querySelector('{row}').dataset)")
+            asked_again = await browser.evaluate("!document.getElementById('token-box').hidden")
+            released = not (await arequest(var, "queue.show", id=queue_id))["held"]
+    assert said == f"held {queue_id}"
+    assert held is True
+    assert asked_again is False
+    assert released

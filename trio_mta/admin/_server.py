@@ -1,4 +1,5 @@
-"""The admin listener: ``GET /`` (the live page), ``GET /metrics``, and ``/events`` (websocket).
+"""The admin listener: ``GET /`` (the live page), ``GET /metrics``, ``/events`` (websocket), and
+the admin actions ``POST /api/...`` (``_actions``: token always, forwarded to the control socket).
 
 Theory of operation
 -------------------
@@ -25,6 +26,7 @@ import importlib.resources
 import logging
 import re
 import socket as stdlib_socket
+from pathlib import Path
 
 import trio
 
@@ -32,6 +34,7 @@ from ..config import AdminConfig, admin_problems
 from ..events import EventBus, StatsSampled
 from ..hooks import worker_env
 from ._access import Access
+from ._actions import arguments, authorize, command_of, is_action, parse_json, perform, read_body
 from ._filter import EventFilter
 from ._http import (
     HttpError,
@@ -101,6 +104,7 @@ class AdminServer:
         metrics: Metrics,
         *,
         server_name: str = "trio-mta",
+        var_dir: Path | None = None,
     ) -> None:
         problems = admin_problems(config)
         if problems:
@@ -110,6 +114,7 @@ class AdminServer:
         self.metrics = metrics
         metrics.watchers = lambda: self.clients
         self.server_name = server_name
+        self.var_dir = var_dir  # where the control socket is: actions go there
         self.access = Access(config)
         self.page = Page.load()
         self.encoded = EncodedEvents(bus.size)
@@ -192,6 +197,9 @@ class AdminServer:
             await stream.aclose()
 
     async def _dispatch(self, stream: trio.SocketStream, head: RequestHead, raw: bytes) -> None:
+        if is_action(head.path):
+            await self._action(stream, head, raw)
+            return
         if head.method not in ("GET", "HEAD"):
             raise HttpError(405, "admin: only GET is served here")
         if head.path in ("/", "/index.html"):
@@ -221,6 +229,21 @@ class AdminServer:
                 raise HttpError(503, f"admin: {exc}") from None
             return  # closing our copy of the socket leaves the watcher process's open
         raise HttpError(404, "admin: not found (try /, /events, /metrics)")
+
+    async def _action(self, stream: trio.SocketStream, head: RequestHead, raw: bytes) -> None:
+        command = command_of(head.path)
+        authorize(self.access, self.config, head)
+        if self.var_dir is None:
+            raise HttpError(503, "admin: actions need the daemon's control socket")
+        body = None
+        with trio.move_on_after(HEAD_DEADLINE):
+            body = await read_body(stream, head, raw)
+        if body is None:
+            raise HttpError(408, "admin: the request body did not arrive in time")
+        args = arguments(command, parse_json(body))
+        client = str(stream.socket.getpeername()[0])
+        status, payload = await perform(self.var_dir, command, args, client)
+        await stream.send_all(response(status, payload, "application/json"))
 
     async def _websocket(
         self, stream: trio.SocketStream, raw: bytes, event_filter: EventFilter
