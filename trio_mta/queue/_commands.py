@@ -64,21 +64,15 @@ class QueueCommands:
         return await trio.to_thread.run_sync(lambda: show_view(spool, env, now, body=body))
 
     async def hold(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = self._select(args)
-        for id in ids:
-            await self.service.hold(id, held=True)
+        ids = await self.service.hold_ids(self._select(args), held=True)
         return {"action": "held", "ids": ids}
 
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = self._select(args)
-        for id in ids:
-            await self.service.hold(id, held=False)
+        ids = await self.service.hold_ids(self._select(args), held=False)
         return {"action": "released", "ids": ids}
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = self._select(args)
-        for id in ids:
-            await self.service.delete(id)
+        ids = await self.service.delete_ids(self._select(args))
         return {"action": "deleted", "ids": ids}
 
     async def flush(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple, Unpack
 
@@ -60,6 +60,7 @@ log = logging.getLogger("trio_mta.queue")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 _SMALL = 256 * 1024  # messages up to this size are read on the event loop
+_PARALLEL = 256  # envelope writes of one queue command in flight at once
 
 
 def spool_root(config: Config) -> Path:
@@ -393,30 +394,65 @@ class QueueService:
         """The ``queue.*`` commands for the control socket (``_commands``)."""
         return QueueCommands(self).handlers()
 
-    async def hold(self, id: str, *, held: bool) -> None:
-        """Hold ``id`` (no attempt starts until released) or release it (due now)."""
-        env = self.envelopes.get(id)
-        if env is None:
-            raise LookupError(f"no message {id}")
-        env = attrs.evolve(env, held=held, next_attempt=env.next_attempt if held else self.now())
-        self.envelopes[id] = env
-        if id not in self.scheduler.active:  # else the attempt's end writes it
-            await self.spool.update(env)
-        if held:
-            self.scheduler.discard(id)
-        else:
-            self.scheduler.add(id, trio.current_time())
+    async def hold_ids(self, ids: list[str], *, held: bool) -> list[str]:
+        """Hold ``ids`` (no attempt starts until released) or release them (due now); the
+        ids acted on. The schedule changes at once; the envelopes are then written together
+        (one group commit for many), shielded: an operator's hold is never half on disk."""
+        found = [id for id in ids if id in self.envelopes]
+        writes: list[Envelope] = []
+        for id in found:
+            env = self.envelopes[id]
+            if not held and not env.held:
+                continue  # not held: only made due now, below (nothing to write)
+            if held:
+                self.scheduler.discard(id)  # first: it cannot start while we write
+            env = attrs.evolve(env, held=held, next_attempt=env.next_attempt if held else 0.0)
+            self.envelopes[id] = env
+            if id not in self.scheduler.active:  # else the attempt's end writes it
+                writes.append(env)
+        with trio.CancelScope(shield=True):
+            await self._each(self.spool.update, writes)
+        if not held:  # after the writes: an attempt's own update must come after ours
+            now = trio.current_time()
+            for id in found:
+                if id in self.envelopes and not self.envelopes[id].held:
+                    self.scheduler.add(id, now)
+        return found
 
-    async def delete(self, id: str) -> None:
-        """Remove ``id`` from the spool (after its attempt, when one runs)."""
-        if id not in self.envelopes:
-            raise LookupError(f"no message {id}")
-        self._deleted.add(id)
-        self.scheduler.discard(id)
-        if id not in self.scheduler.active:
+    async def delete_ids(self, ids: list[str]) -> list[str]:
+        """Remove ``ids`` from the spool (after its attempt, for one that runs); the ids."""
+        found = [id for id in ids if id in self.envelopes]
+        removals = []
+        for id in found:
+            self._deleted.add(id)
+            self.scheduler.discard(id)
+            if id not in self.scheduler.active:
+                removals.append(id)
+
+        async def remove(id: str) -> None:
             await self.spool.remove(id)
             self.envelopes.pop(id, None)
             self._deleted.discard(id)
+
+        with trio.CancelScope(shield=True):
+            await self._each(remove, removals)
+        return found
+
+    async def _each(self, fn: Callable[[T], Awaitable[object]], items: list[T]) -> None:
+        """``fn`` on every item at once (at most ``_PARALLEL`` at a time), so the spool's
+        writer takes them in a few batches instead of one disk sync each."""
+        limit = trio.Semaphore(_PARALLEL)
+
+        async def one(item: T) -> None:
+            try:
+                await fn(item)
+            finally:
+                limit.release()
+
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                await limit.acquire()
+                nursery.start_soon(one, item)
 
     def flush_ids(self, ids: list[str]) -> list[str]:
         """Every id of ``ids`` that waits for its retry is due now, and its destinations are
