@@ -112,6 +112,14 @@ async def test_a_breaker_reset_goes_to_the_runner(tmp_path: Path) -> None:
     with sink() as peer, trio.fail_after(CAP):
         async with running(outbound_config(var, peer, token=TOKEN)) as d:
             await d.send(f"s@{DOMAIN}", (f"ok@{DOMAIN}",))  # relay_acl has answered
+            # The runner's health is a read: open on loopback like /metrics, no token needed.
+            status, reply = await d.get("/api/plugins")
+            assert status == 200
+            health = {(h["plugin"], h["hook"]): h for h in json.loads(reply)["result"]}
+            connect = health["relay_acl", "connect"]
+            assert (connect["breaker"], connect["calls"]) == ("closed", 1)
+            assert connect["p95_ms"] >= connect["p50_ms"] > 0
+            assert (await d.post("/api/plugins", {}, AUTH))[0] == 405
             reset = "/api/breaker/reset"
             assert (await d.post(reset, {"plugin": "relay_acl"}))[0] == 401
             status, reply = await d.post(reset, {"plugin": "relay_acl", "hook": "connect"}, AUTH)
@@ -132,3 +140,13 @@ async def test_without_a_configured_token_there_are_no_actions(tmp_path: Path) -
             status, reply = await d.post("/api/queue/hold", {"id": "x"}, AUTH)
     assert status == 403
     assert b"no [admin] token is configured" in reply
+
+
+async def test_the_plugin_health_read_follows_the_watching_rules(tmp_path: Path) -> None:
+    config = admin_config(tmp_path / "var", token=TOKEN, open_on_loopback=False)
+    with trio.fail_after(CAP):
+        async with running(config) as d:
+            assert (await d.get("/api/plugins"))[0] == 401
+            status, reply = await d.get("/api/plugins", AUTH)
+    assert status == 200
+    assert json.loads(reply)["ok"] is True

@@ -209,7 +209,14 @@ async def test_the_page_shows_deliveries_with_queue_id_host_reply_and_24_hour_ti
             titles = await browser.evaluate(f"Array.from({rows}).map(r => r.cells[0].title)")
             width = await browser.evaluate("document.documentElement.scrollWidth")
             tz = await browser.evaluate("document.getElementById('tz').textContent")
+            # The breaker light of a plugin with no breaker event yet: the runner's health
+            # (/api/plugins, fetched when the page connects and every 15 s; now, here).
+            await browser.evaluate("seedPlugins(); true")
+            relay = "document.querySelector('#chart-plugins g[data-plugin=\"relay_acl\"]')"
+            breaker = await browser.wait_for(f"{relay} && {relay}.dataset.breaker !== 'unknown' "
+                                             f"&& {relay}.dataset.breaker")  # fmt: skip
     assert outcomes == "bounced,deferred,delivered"
+    assert breaker == "closed"
     assert isinstance(cells, list)
     # (A deferred row's result cell also holds its action buttons.)
     by_outcome = {w: row for row in cells for w in WORDS if row[8].startswith(w)}

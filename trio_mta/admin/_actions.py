@@ -1,5 +1,7 @@
 """Admin actions: ``POST /api/queue/<hold|release|delete|flush>`` and ``POST /api/breaker/reset``,
-forwarded to the daemon over its control socket (``queue.hold`` ... ``breaker.reset``).
+forwarded to the daemon over its control socket (``queue.hold`` ... ``breaker.reset``); and one
+read, ``GET /api/plugins`` (``plugins.health``: breaker states and latency for the page's chart),
+under the watching rules.
 
 Theory of operation
 -------------------
@@ -51,8 +53,11 @@ ACTION_TOKEN_REQUIRED = (
 NO_TOKEN_CONFIGURED = "admin: actions are off: no [admin] token is configured"
 
 
+PLUGINS_PATH = "/api/plugins"  # a read (watching rules), not an action
+
+
 def is_action(path: str) -> bool:
-    return path.startswith("/api/")
+    return path.startswith("/api/") and path != PLUGINS_PATH
 
 
 def command_of(path: str) -> str:
@@ -140,9 +145,10 @@ async def read_body(stream: trio.abc.ReceiveStream, head: RequestHead, raw: byte
 
 
 async def perform(
-    var_dir: Path, command: str, args: dict[str, Any], client: str
+    var_dir: Path, command: str, args: dict[str, Any], client: str, *, audit: bool = True
 ) -> tuple[int, bytes]:
-    """Send the action to the daemon; the HTTP status and JSON body of its answer."""
+    """Send the command to the daemon; the HTTP status and JSON body of its answer. Actions are
+    logged (``audit``); reads are not."""
     reply: dict[str, Any] = {"ok": True, "result": None}
     status = 200
     try:
@@ -154,6 +160,8 @@ async def perform(
         status, reply = 400, {"ok": False, "error": str(exc)}
     except trio.TooSlowError:
         status, reply = 503, {"ok": False, "error": "the daemon did not answer in time"}
+    if not audit:
+        return status, json.dumps(reply).encode("utf-8")
     log.info(
         "admin action %s %s from %s: %s",
         command,

@@ -34,7 +34,16 @@ from ..config import AdminConfig, admin_problems
 from ..events import EventBus, StatsSampled
 from ..hooks import worker_env
 from ._access import Access
-from ._actions import arguments, authorize, command_of, is_action, parse_json, perform, read_body
+from ._actions import (
+    PLUGINS_PATH,
+    arguments,
+    authorize,
+    command_of,
+    is_action,
+    parse_json,
+    perform,
+    read_body,
+)
 from ._filter import EventFilter
 from ._http import (
     HttpError,
@@ -209,6 +218,14 @@ class AdminServer:
             body = self.page.html if head.method == "GET" else b""
             await stream.send_all(response(200, body, "text/html; charset=utf-8", extra))
             return
+        if head.path == PLUGINS_PATH:
+            self.access.check(head)
+            if self.var_dir is None:
+                raise HttpError(503, "admin: this needs the daemon's control socket")
+            client = str(stream.socket.getpeername()[0])
+            status, payload = await perform(self.var_dir, "plugins.health", {}, client, audit=False)
+            await stream.send_all(response(status, payload, "application/json"))
+            return
         if head.path == "/metrics":
             self.access.check(head)
             await stream.send_all(response(200, self.metrics.render(), METRICS_TYPE))
@@ -228,7 +245,7 @@ class AdminServer:
             except WatcherProcessError as exc:
                 raise HttpError(503, f"admin: {exc}") from None
             return  # closing our copy of the socket leaves the watcher process's open
-        raise HttpError(404, "admin: not found (try /, /events, /metrics)")
+        raise HttpError(404, "admin: not found (try /, /events, /metrics, /api/plugins)")
 
     async def _action(self, stream: trio.SocketStream, head: RequestHead, raw: bytes) -> None:
         command = command_of(head.path)
