@@ -17,6 +17,7 @@ import trio
 from tests.e2e.conftest import daemon_command
 from trio_mta.admin import WatchOptions, watch
 from trio_mta.admin._format import Style, format_event, format_transaction
+from trio_mta.admin._watch import _show
 
 from .kit import admin_config, eventually, running
 from .outbound import DOMAIN, outbound_config, sink
@@ -278,3 +279,11 @@ def test_the_lines_for_deliveries_and_refusals() -> None:
                "plugin": "core"}  # fmt: skip
     assert "refused at helo  -  421" in format_event(at_helo, Style(False))
     assert "\x1b[33mrefused at helo" in format_event(at_helo, Style(True))
+
+
+def test_follow_leaves_the_samples_out_unless_asked() -> None:
+    sample = {"type": "server.stats", "ts": 0.0, "queue": 3, "connections": 1, "uptime": 9.0}
+    for types, shown in (((), False), (("server",), True)):
+        out = io.StringIO()
+        _show(sample, WatchOptions(follow=True, types=types), Style(False), out, io.StringIO(), "")
+        assert ("server.stats queue=3 connections=1 uptime=9.0" in out.getvalue()) is shown

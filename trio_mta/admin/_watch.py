@@ -149,7 +149,10 @@ def _show(
     if options.json:
         print(json.dumps(item, ensure_ascii=False), file=out)
     elif options.follow:
-        print(format_event(item, style), file=out)
+        # The page's once-a-second samples only on request (--type server): a line a second
+        # of them would drown the events themselves.
+        if kind != "server.stats" or options.types:
+            print(format_event(item, style), file=out)
     else:
         line = format_summary(item, style)
         if line is not None:
