@@ -29,8 +29,9 @@ from pathlib import Path
 import dkim
 import trio
 
-from plugins._dkim_dns import dnsfunc
 from trio_mta import hooks
+
+from ._dkim_dns import dnsfunc
 
 _KEYS = frozenset({"authserv_id", "minkey", "nameservers", "seal", "seal_on"})
 

@@ -50,7 +50,10 @@ from collections.abc import Callable
 
 import attrs
 
-from plugins._envelope_tags import (
+from trio_mta import hooks
+from trio_mta.protocol import Address, RcptParams, make_address
+
+from ._envelope_tags import (
     ascii_lower,
     check_choice,
     check_days,
@@ -66,8 +69,6 @@ from plugins._envelope_tags import (
     rewrite_recipients,
     same_text,
 )
-from trio_mta import hooks
-from trio_mta.protocol import Address, RcptParams, make_address
 
 DAY_SLOTS = 1000  # DDD is the expiry day modulo this
 MAX_KEYS = 10  # K is one digit

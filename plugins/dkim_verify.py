@@ -19,8 +19,9 @@ import re
 
 import dkim
 
-from plugins._dkim_dns import dnsfunc
 from trio_mta import hooks
+
+from ._dkim_dns import dnsfunc
 
 _TAG = re.compile(rb"(?:^|;)\s*([a-z]+)\s*=\s*([^;]*)", re.IGNORECASE)
 

@@ -54,9 +54,10 @@ import math
 
 import trio
 
-from plugins._rate import RateTable, client_key
 from trio_mta import hooks
 from trio_mta.protocol import Address, MailParams, RcptParams
+
+from ._rate import RateTable, client_key
 
 _LIMITS = (
     "max_recipients",

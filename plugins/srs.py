@@ -57,7 +57,10 @@ from collections.abc import Callable
 
 import attrs
 
-from plugins._envelope_tags import (
+from trio_mta import hooks
+from trio_mta.protocol import Address, RcptParams, make_address
+
+from ._envelope_tags import (
     SRS_SEPARATORS,
     ascii_lower,
     check_choice,
@@ -76,8 +79,6 @@ from plugins._envelope_tags import (
     rewrite_recipients,
     same_text,
 )
-from trio_mta import hooks
-from trio_mta.protocol import Address, RcptParams, make_address
 
 HASH_LENGTH = 4
 TIME_SLOTS = 1024  # days; TT is the day number modulo this

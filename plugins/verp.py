@@ -41,14 +41,6 @@ from __future__ import annotations
 
 import attrs
 
-from plugins._envelope_tags import (
-    ascii_lower,
-    check_domain,
-    check_keys,
-    normal_domain,
-    note_map,
-    rewrite_recipients,
-)
 from trio_mta import hooks
 from trio_mta.protocol import (
     VERP_DEFAULT_DELIMITERS,
@@ -58,6 +50,15 @@ from trio_mta.protocol import (
     make_address,
     verp_decodable,
     verp_decode,
+)
+
+from ._envelope_tags import (
+    ascii_lower,
+    check_domain,
+    check_keys,
+    normal_domain,
+    note_map,
+    rewrite_recipients,
 )
 
 HEADER = "X-VERP-Recipient"

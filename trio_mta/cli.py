@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch_parser(sub, _config_dir)
     queue.add_parser(sub, _queue_config)
     ops.add_parsers(sub, _queue_config, app.load_plugin_set)
+    ops.add_init_parser(sub)
     return parser
 
 

@@ -152,8 +152,32 @@ def find_plugin(name: str, directories: Sequence[Path]) -> Path:
     raise PluginLoadError(f"plugin {name!r}: no {name}.py in {searched}")
 
 
+# The built-in plugins' package, whichever directory holds them: in a wheel
+# trio_mta/builtin_plugins, in a source tree the repository's plugins/ (registered under this
+# name, never as the top-level ``plugins``, which is the operator's to use). Built-in plugins
+# share helper modules through it (``from ._rate import RateTable``).
+BUILTIN_PACKAGE = "trio_mta.builtin_plugins"
+
+
+def _builtin_package() -> str:
+    if BUILTIN_PACKAGE not in sys.modules:
+        directory = builtin_plugin_dir()
+        spec = importlib.util.spec_from_file_location(
+            BUILTIN_PACKAGE, directory / "__init__.py", submodule_search_locations=[str(directory)]
+        )
+        if spec is None or spec.loader is None:
+            raise PluginLoadError(f"the built-in plugins cannot be loaded from {directory}")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[BUILTIN_PACKAGE] = package
+        spec.loader.exec_module(package)
+    return BUILTIN_PACKAGE
+
+
 def import_plugin_module(name: str, path: Path, generation: int) -> type[Plugin]:
     module_name = f"trio_mta_plugin_{name}_g{generation}"
+    if path.parent.resolve() == builtin_plugin_dir().resolve():
+        # A module of the built-in package, so that its relative imports resolve.
+        module_name = f"{_builtin_package()}.{name}_g{generation}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginLoadError(f"plugin {name!r}: cannot load {path}")

@@ -4,6 +4,9 @@ socket), ``check --against-running`` and ``init``."""
 from ._cli import NOT_RUNNING as NOT_RUNNING
 from ._cli import add_parsers as add_parsers
 from ._cli import against_running as against_running
+from ._init import add_init_parser as add_init_parser
+from ._init import templates_dir as templates_dir
+from ._init import write_config as write_config
 from ._plugins import plugin_table as plugin_table
 from ._plugins import plugin_table_text as plugin_table_text
 from ._status import DaemonStatus as DaemonStatus
