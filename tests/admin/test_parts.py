@@ -92,6 +92,7 @@ def test_a_type_filter_names_the_event_classes_the_bus_may_skip_building() -> No
     assert kinds("transaction.end") == {"TransactionEnded"}
     assert kinds("transaction") == {
         "HeloReceived", "MailReceived", "RcptReceived", "TransactionEnded",
+        "TransactionRefused",
     }  # fmt: skip
     assert kinds("plugin.call, connection.open") == {"PluginCalled", "ConnectionOpened"}
     assert kinds("trans") == set()  # a prefix is a whole dotted part

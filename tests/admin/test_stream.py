@@ -69,6 +69,7 @@ async def test_a_watcher_sees_the_exact_event_sequence_of_a_scripted_session(
         ("transaction.rcpt", None, None, None, "bob@example.test", 250, None, None),
         ("plugin.call", "rcpt_to_host_list", "rcpt", "cont", None, None, None, None),
         ("transaction.rcpt", None, None, None, "eve@elsewhere.example", 550, None, None),
+        ("transaction.refused", "core", None, None, "eve@elsewhere.example", 550, None, None),
         ("plugin.call", "queue_discard", "queue", "ok", None, None, None, None),
         ("transaction.end", None, None, None, None, 250, "accepted", None),
         ("connection.close", None, None, None, None, None, None, "quit"),
@@ -90,6 +91,13 @@ async def test_a_watcher_sees_the_exact_event_sequence_of_a_scripted_session(
     assert str(txn) in queued.text
     assert end["sender"] == "alice@example.org"
     assert end["recipients"] == ["bob@example.test"]
+    assert end["refused"] == ["eve@elsewhere.example"]
+    refusal = events[7]
+    assert (refusal["stage"], refusal["sender"], refusal["reply"]) == (
+        "rcpt",
+        "alice@example.org",
+        "5.7.1 Relaying denied",
+    )
     assert end["size"] == len(MESSAGE)
     assert end["helo"] == "client.example"
     assert events[1]["reply"] == "localhost Hello client.example [127.0.0.1]"

@@ -58,6 +58,7 @@ def test_public_surface_is_curated() -> None:
         "Tap",
         "TlsStarted",
         "TransactionEnded",
+        "TransactionRefused",
         "event_dict",
         "event_json",
     }

@@ -15,6 +15,7 @@ import trio.testing
 
 from trio_mta.app import load_plugin_set
 from trio_mta.config import Config
+from trio_mta.events import EventBus
 from trio_mta.hooks import HookRunner
 from trio_mta.protocol import Reply, ServerConnection
 from trio_mta.server import (
@@ -101,6 +102,7 @@ async def start_driver(
     clock: trio.testing.MockClock,
     *,
     handler_class: type[PausedClockDelivery] = PausedClockDelivery,
+    bus: EventBus | None = None,
 ) -> DriverHarness:
     """Start a driver in ``nursery``; its server end is closed when ``run`` returns."""
     server_end, client_end = trio.testing.memory_stream_pair()
@@ -124,6 +126,7 @@ async def start_driver(
         IdGenerator(),
         ServerConnection(protocol_limits(config)),
         is_closing=closing,
+        bus=bus,
     )
     finished = trio.Event()
 

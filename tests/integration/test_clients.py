@@ -6,6 +6,7 @@ Received: header.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import smtplib
@@ -87,6 +88,34 @@ async def test_smtplib_mixed_recipients_only_local_ones_get_it(mta: RunningMTA) 
     # Two recipients: the Received header names neither (it would disclose the other).
     header, _ = split_received(messages_in(mta.var_dir, "localhost", "w")[0])
     assert b"\tfor <" not in header
+
+
+async def test_a_refused_recipient_is_logged_like_postfix_and_its_transaction_says_so(
+    mta: RunningMTA, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue #16 hazard 5: this refusal used to leave only "rcpts= outcome=aborted reply='quit'".
+    caplog.set_level(logging.INFO)
+
+    def attempt() -> None:
+        with smtplib.SMTP(mta.host, mta.port, local_hostname="client.example") as smtp:
+            smtp.ehlo()
+            assert smtp.mail("a@example.org")[0] == 250
+            assert smtp.rcpt("v@elsewhere.example")[0] == 550
+
+    with trio.fail_after(CAP):
+        await trio.to_thread.run_sync(attempt)
+    rejects = [r.getMessage() for r in caplog.records if r.name == "trio_mta.reject"]
+    ends = [r.getMessage() for r in caplog.records if r.name == "trio_mta.transaction"]
+    [reject] = rejects
+    assert re.fullmatch(
+        r"[0-9a-f]+: reject: RCPT from \[127\.0\.0\.1\]: 550 5\.7\.1 Relaying denied; "
+        r"from=<a@example\.org> to=<v@elsewhere\.example> helo=<client\.example> "
+        r"plugin=core conn=\S+",
+        reject,
+    ), reject
+    [end] = ends
+    assert "rcpts= refused=<v@elsewhere.example>" in end
+    assert "outcome=refused reply='every recipient refused: 550 5.7.1 Relaying denied'" in end
 
 
 async def test_smtplib_relay_only_is_refused(mta: RunningMTA) -> None:

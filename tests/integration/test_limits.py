@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests.helpers import replies
@@ -78,6 +80,23 @@ async def test_connection_over_the_total_limit_is_refused(
         await _refused(mta)
         assert mta.server.statistics() == {"connections": 2, "clients": 2}
     assert len(bodies_in(mta.var_dir, "example.test", "b")) == 3
+
+
+async def test_a_connection_refused_at_the_limit_is_logged(
+    start_mta: StartMTA, var_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    limits: dict[str, Any] = {"max_connections_per_ip": 1, "exempt_networks": ()}
+    mta = await start_mta(make_config(var_dir, limits=limits))
+    with trio.fail_after(CAP):
+        first = await mta.greeted(local_ip=OTHER_IP)
+        await _refused(mta, local_ip=OTHER_IP)
+        await _quit(first)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "trio_mta.reject"]
+    assert line == (
+        "NOQUEUE: reject: CONNECT from [127.0.0.2]: 421 4.7.0 Too many connections, try again"
+        " later; plugin=core conn=-"
+    )
 
 
 async def test_sixty_loopback_connections_are_all_admitted_by_default(

@@ -79,6 +79,9 @@ def format_transaction(item: dict[str, object], style: Style) -> str:
         color = "red" if str(item.get("reply", ""))[:1] == "5" else "yellow"
     rcpts = item.get("recipients")
     to = ", ".join(f"<{r}>" for r in rcpts) if isinstance(rcpts, list) and rcpts else "-"
+    refused = item.get("refused")
+    if isinstance(refused, list) and refused:
+        to += style(" (refused " + ", ".join(f"<{r}>" for r in refused) + ")", "red")
     parts = [
         style(_clock(item), "dim"),
         f"[{item.get('ip')}]",

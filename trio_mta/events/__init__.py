@@ -33,4 +33,5 @@ from ._types import SandboxWorker as SandboxWorker
 from ._types import StatsSampled as StatsSampled
 from ._types import TlsStarted as TlsStarted
 from ._types import TransactionEnded as TransactionEnded
+from ._types import TransactionRefused as TransactionRefused
 from ._types import event_dict as event_dict

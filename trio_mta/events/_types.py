@@ -124,6 +124,23 @@ class TransactionEnded(Event):
     reply: str
     queue_id: str | None
     duration: float  # seconds since MAIL
+    refused: tuple[str, ...] = ()  # recipients refused at RCPT in this transaction
+
+
+@attrs.frozen(kw_only=True)
+class TransactionRefused(Event):
+    """A 4xx/5xx reply to HELO/EHLO, AUTH, MAIL, RCPT, DATA or the end of the data, or a
+    refused connection: what Postfix logs as ``NOQUEUE: reject``."""
+
+    TYPE: ClassVar[str] = "transaction.refused"
+
+    ip: str
+    stage: str  # connect, helo, auth, mail, rcpt, data
+    sender: str | None  # "" for <>; None before MAIL (or when MAIL could not be parsed)
+    recipient: str | None  # only at rcpt
+    code: int
+    reply: str
+    plugin: str  # the plugin that decided, or "core" for a built-in rule
 
 
 # -- plugins --------------------------------------------------------------------------------
@@ -304,6 +321,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     MailReceived,
     RcptReceived,
     TransactionEnded,
+    TransactionRefused,
     PluginCalled,
     LoopBlocked,
     PluginBreaker,

@@ -264,6 +264,7 @@ class ConnectionAuth:
         )
         await trio.sleep(delay)
         if failures >= self.config.auth.max_failures:
+            self.handler.decided_by = None  # the tarpit's rule closes, not the auth plugin
             return TOO_MANY_FAILURES
         return answer
 

@@ -33,6 +33,7 @@ from ..config import Config
 from ..events import EventBus
 from ..protocol import (
     NEED_DATA,
+    Address,
     Auth,
     AuthResponse,
     BdatCommand,
@@ -66,6 +67,7 @@ from ._exempt import Exemptions
 from ._handler import SessionHandler
 from ._hangup import HangupSweep
 from ._received import received_header
+from ._refusals import CONNECT, TOO_MANY_ERRORS, refusal_for, session_refused
 from ._session import IdGenerator, Session, Transaction
 from ._tls import TlsHandshakeError, TlsProvider, close_tls, forget_plaintext, handshake
 from ._transport import Transport
@@ -76,6 +78,13 @@ txlog = logging.getLogger("trio_mta.transaction")
 FINAL_WRITE = 2.0  # seconds allowed for a last 421 to a client that may not be reading
 NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
 TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")  # RFC 3207 §4
+
+
+# Why a transaction ended without its message, for its end line (the close reason otherwise).
+_ABORTED = {
+    "quit": "client quit before sending the message",
+    "client closed": "client closed the connection before sending the message",
+}
 
 
 class Phase:
@@ -98,6 +107,7 @@ class ConnectionDriver:
         "_data_deadline",
         "_handshaking",
         "_implicit_tls",
+        "_refused_rcpts",
         "_seen_command",
         "_session_deadline",
         "_t_block",
@@ -182,6 +192,8 @@ class ConnectionDriver:
         self._command_deadline = math.inf
         self._banner_deadline = trio.current_time() + t.banner
         self._seen_command = False
+        # Recipients refused in the current transaction, with the reply (for its end line).
+        self._refused_rcpts: list[tuple[Address, Reply]] = []
         # A refusal of the first BDAT chunk is answered at the chunk's end (RFC 3030 §3).
         self._bdat_refusal: Reply | None = None
         self.tls = tls  # None: STARTTLS is not offered (454)
@@ -340,14 +352,14 @@ class ConnectionDriver:
         # tarpit) extends the window in which a client that talks first is caught.
         if early or (refused is None and self.transport.has_pending_input()):
             self.close_reason = "early talker"
-            log.info("conn=%s ip=%s early talker", self.session.id, self.session.client_ip)
-            self.out.append(
-                self.conn.send(R.reply(554, "5.5.0", self._text("Protocol error: talked first")))
-            )
+            answer = R.reply(554, "5.5.0", self._text("Protocol error: talked first"))
+            session_refused(self.bus, self.session, None, CONNECT, answer, None)
+            self.out.append(self.conn.send(answer))
             await self._flush()
             return False
         if refused is not None:
             self.close_reason = f"refused {refused.code}"
+            session_refused(self.bus, self.session, None, CONNECT, refused, self.handler.decided_by)
             self.out.append(self.conn.send(refused))
             await self._flush()
             return False
@@ -400,7 +412,11 @@ class ConnectionDriver:
                     trio.current_time() + self._t_command, self._session_deadline
                 )
             self._seen_command = True
+            txn = self.session.transaction  # refusing the end of the data ends it
+            self.handler.decided_by = None
             answer = await self._dispatch(ev)
+            if answer.code >= 400:
+                self._refused(ev, txn, answer)
             # A transient refusal (452 for recipients past the limit) is flow control the
             # client is told to retry later, not a bad command (Postfix's recipient overshoot).
             if isinstance(ev, Unrecognized) or (isinstance(ev, Rejected) and answer.code >= 500):
@@ -408,7 +424,9 @@ class ConnectionDriver:
                 if self.errors > max_errors:
                     self.close_reason = "too many errors"
                     self.out.append(conn.send(answer))
-                    await self._final(R.reply(421, "4.7.0", self._text("Too many errors")))
+                    last = R.reply(421, "4.7.0", self._text("Too many errors"))
+                    session_refused(self.bus, self.session, None, TOO_MANY_ERRORS, last, None)
+                    await self._final(last)
                     return
             self.out.append(conn.send(answer))
             if conn.state is State.TLS_PENDING and not await self._start_tls():
@@ -417,6 +435,14 @@ class ConnectionDriver:
                 self.close_reason = "quit" if isinstance(ev, Quit) else f"closed by {answer}"
                 await self._flush()
                 return
+
+    def _refused(self, ev: Event, txn: Transaction | None, answer: Reply) -> None:
+        what = refusal_for(ev, txn)
+        if what is None:
+            return
+        if isinstance(ev, RcptTo) and txn is not None:
+            self._refused_rcpts.append((ev.recipient, answer))
+        session_refused(self.bus, self.session, txn, what, answer, self.handler.decided_by)
 
     # -- TLS ------------------------------------------------------------------------------------
 
@@ -551,6 +577,7 @@ class ConnectionDriver:
         session.transaction = Transaction(
             id=self.ids(), sender=ev.sender, mail_params=ev.params, started=time.monotonic()
         )
+        self._refused_rcpts.clear()
         refusal = self.auth.mail_refusal(ev.sender)  # submission policy, sender ownership
         answer = refusal if refusal is not None else await self.handler.mail(session, ev)
         observe.mail_received(self.bus, session, answer)
@@ -603,7 +630,15 @@ class ConnectionDriver:
         session = self.session
         if session.transaction is None:
             return
-        self._log_transaction(outcome, str(answer) if answer else self.close_reason, answer)
+        if answer is not None:
+            detail = str(answer)
+        elif outcome == "aborted" and not session.transaction.recipients and self._refused_rcpts:
+            # Nothing was ever accepted: the transaction was refused, whatever the client
+            # did next (QUIT, hang up). Its end names the refusal, not the QUIT.
+            outcome, detail = "refused", f"every recipient refused: {self._refused_rcpts[-1][1]}"
+        else:
+            detail = _ABORTED.get(self.close_reason, self.close_reason)
+        self._log_transaction(outcome, detail, answer)
         # The reset hooks still see the transaction that is ending.
         await self.handler.reset(session)
         session.transaction = None
@@ -611,21 +646,26 @@ class ConnectionDriver:
 
     def _log_transaction(self, outcome: str, detail: str, answer: Reply | None = None) -> None:
         txn = self.session.transaction
+        refused = tuple(str(a) for a, _ in self._refused_rcpts)
+        self._refused_rcpts.clear()
         if txn is not None:
             duration = time.monotonic() - txn.started
-            observe.transaction_ended(self.bus, self.session, outcome, answer, detail, duration)
+            observe.transaction_ended(
+                self.bus, self.session, outcome, answer, detail, duration, refused
+            )
         if txn is None or not self.config.log.transaction_log:
             return
         s = self.session
         txlog.info(
-            "txn=%s conn=%s ip=%s helo=%s from=<%s> rcpts=%s size=%s outcome=%s reply=%r"
-            " duration_ms=%.1f",
+            "txn=%s conn=%s ip=%s helo=%s from=<%s> rcpts=%s refused=%s size=%s outcome=%s"
+            " reply=%r duration_ms=%.1f",
             txn.id,
             s.id,
             s.client_ip,
             s.helo,
             txn.sender or "",
             ",".join(f"<{a}>" for a, _ in txn.recipients),
+            ",".join(f"<{a}>" for a in refused),
             txn.notes.get("size", 0),
             outcome,
             detail,

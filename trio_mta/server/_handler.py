@@ -16,6 +16,10 @@ from ._session import Session
 
 
 class SessionHandler(Protocol):
+    # The plugin whose verdict the last reply was; None for a built-in rule. The driver sets
+    # it to None before each step and reads it when the step's reply is a refusal.
+    decided_by: str | None
+
     async def capabilities(self, session: Session) -> list[str]:
         """Extra EHLO keywords for this session (beyond the engine's own)."""
         ...

@@ -51,11 +51,15 @@ class HookHandler:
         # The built-in outbound queue: takes relayed mail that no queue_outbound plugin took.
         self.queue = queue
         self._headers_pending = runner.has("data_headers_end")
-        self._early_verdict: Reply | None = None
+        self._early_verdict: tuple[Reply, str | None] | None = None
+        # The plugin whose verdict the last reply was (None: a built-in rule). The driver
+        # clears it before each step and names it when it logs a refusal.
+        self.decided_by: str | None = None
 
-    def _verdict(self, conn: Connection, hook: str, result: Result) -> Reply:
+    def _verdict(self, conn: Connection, hook: str, result: Result, plugin: str | None) -> Reply:
         if result.action.disconnects:
             conn.close_requested = True
+        self.decided_by = plugin
         return reply_for(hook, result)
 
     def _takes_xverp(self, conn: Connection) -> bool:
@@ -77,17 +81,18 @@ class HookHandler:
             conn.close_requested = True
             return CONNECT_REFUSED
         await self.runner.run_all("connect_init", conn)
-        result, _ = await self.runner.run("connect", conn)
+        result, plugin = await self.runner.run("connect", conn)
         if result.action.is_denial:
             conn.close_requested = True
+            self.decided_by = plugin
             return reply_for("connect", result)
         return None
 
     async def helo(self, conn: Connection, event: Helo) -> Reply | None:
         hook = "ehlo" if event.extended else "helo"
-        result, _ = await self.runner.run(hook, conn, event.name)
+        result, plugin = await self.runner.run(hook, conn, event.name)
         if result.action.is_denial:
-            return self._verdict(conn, hook, result)
+            return self._verdict(conn, hook, result, plugin)
         return None
 
     def auth_mechanisms(self, conn: Connection) -> frozenset[str]:
@@ -99,9 +104,10 @@ class HookHandler:
     async def auth(self, conn: Connection, credentials: Credentials) -> Reply:
         """OK accepts (always 235, which is what authenticates); a soft refusal, a timeout or a
         plugin error is 454 4.7.0 (RFC 4954); a hard one, or nobody's OK, 535 5.7.8."""
-        result, _ = await self.runner.run("auth", conn, credentials)
+        result, plugin = await self.runner.run("auth", conn, credentials)
         if result.action is Action.OK:
             return AUTH_OK
+        self.decided_by = plugin  # None when nobody said OK: a built-in 535
         if result.action.disconnects:
             conn.close_requested = True
         if result.action in (Action.DENYSOFT, Action.DENYSOFTDISCONNECT):
@@ -113,30 +119,30 @@ class HookHandler:
             return MAIL_REFUSED
         if event.params.verp is not None and not self._takes_xverp(conn):
             return R.XVERP_NOT_ALLOWED
-        result, _ = await self.runner.run("mail", conn, event.sender, event.params)
+        result, plugin = await self.runner.run("mail", conn, event.sender, event.params)
         if result.action.is_denial:
-            return self._verdict(conn, "mail", result)
+            return self._verdict(conn, "mail", result, plugin)
         if result.action is Action.OK and result.message:
             return reply_for("mail", result)
         return R.SENDER_OK
 
     async def rcpt(self, conn: Connection, event: RcptTo) -> Reply:
-        result, _ = await self.runner.run("rcpt", conn, event.recipient, event.params)
+        result, plugin = await self.runner.run("rcpt", conn, event.recipient, event.params)
         if result.action.is_denial:
-            return self._verdict(conn, "rcpt", result)
+            return self._verdict(conn, "rcpt", result, plugin)
         if result.action is Action.CONT and not conn.relaying:
             return RELAY_DENIED
-        ok, _ = await self.runner.run("rcpt_ok", conn, event.recipient)
+        ok, plugin = await self.runner.run("rcpt_ok", conn, event.recipient)
         if ok.action.is_denial:
-            return self._verdict(conn, "rcpt_ok", ok)
+            return self._verdict(conn, "rcpt_ok", ok, plugin)
         if result.action is Action.OK and result.message:
             return reply_for("rcpt", result)
         return R.RECIPIENT_OK
 
     async def data(self, conn: Connection) -> Reply:
-        result, _ = await self.runner.run("data", conn)
+        result, plugin = await self.runner.run("data", conn)
         if result.action.is_denial:
-            return self._verdict(conn, "data", result)
+            return self._verdict(conn, "data", result, plugin)
         txn = conn.transaction
         assert txn is not None
         txn.message = Message(spill_dir=self.spill_dir)
@@ -152,29 +158,31 @@ class HookHandler:
         message.write(data)
         if self._headers_pending and message.headers_complete:
             self._headers_pending = False
-            result, _ = await self.runner.run("data_headers_end", conn)
+            result, plugin = await self.runner.run("data_headers_end", conn)
             if result.action.is_denial:
-                self._early_verdict = self._verdict(conn, "data_headers_end", result)
+                verdict = self._verdict(conn, "data_headers_end", result, plugin)
+                self._early_verdict = (verdict, plugin)
 
     async def message(self, conn: Connection) -> Reply:
         txn = conn.transaction
         assert txn is not None
         assert txn.message is not None
         if self._early_verdict is not None:
-            return self._early_verdict
+            verdict, self.decided_by = self._early_verdict
+            return verdict
         if self._headers_pending:
             # The message ended inside its header section: the hook still gets its say.
             self._headers_pending = False
-            result, _ = await self.runner.run("data_headers_end", conn)
+            result, plugin = await self.runner.run("data_headers_end", conn)
             if result.action.is_denial:
-                return self._verdict(conn, "data_headers_end", result)
-        result, _ = await self.runner.run("data_post", conn)
+                return self._verdict(conn, "data_headers_end", result, plugin)
+        result, plugin = await self.runner.run("data_post", conn)
         if result.action.is_denial:
-            return self._verdict(conn, "data_post", result)
+            return self._verdict(conn, "data_post", result, plugin)
         hook = "queue_outbound" if conn.relaying or txn.relaying else "queue"
-        result, _ = await self.runner.run(hook, conn)
+        result, plugin = await self.runner.run(hook, conn)
         if result.action.is_denial:
-            return self._verdict(conn, hook, result)
+            return self._verdict(conn, hook, result, plugin)
         queued_as = txn.id
         if result.action is Action.CONT and hook == "queue_outbound" and self.queue is not None:
             try:
@@ -192,10 +200,10 @@ class HookHandler:
         return answer
 
     async def unrecognized(self, conn: Connection, event: Unrecognized) -> Reply:
-        result, _ = await self.runner.run("unrecognized_command", conn, event.verb, event.line)
+        result, plugin = await self.runner.run("unrecognized_command", conn, event.verb, event.line)
         if result.action is Action.CONT:
             return R.UNRECOGNIZED
-        return self._verdict(conn, "unrecognized_command", result)
+        return self._verdict(conn, "unrecognized_command", result, plugin)
 
     async def reset(self, conn: Connection) -> None:
         txn = conn.transaction

@@ -31,13 +31,14 @@ import trio
 
 from ..config import BareLineEndings, Config, ListenerConfig, ListenerKind
 from ..events import EventBus
-from ..protocol import BareLineEndingPolicy, ProtocolLimits
+from ..protocol import BareLineEndingPolicy, ProtocolLimits, reply
 from ._auth import AuthFailures
 from ._counted import CountedConnection
 from ._driver import ConnectionDriver
 from ._exempt import Exemptions
 from ._handler import SessionHandler
 from ._hangup import HangupSweep
+from ._refusals import CONNECT, report
 from ._session import IdGenerator, Session
 from ._tls import TlsProvider
 from ._transport import SocketTransport
@@ -45,7 +46,8 @@ from ._transport import SocketTransport
 log = logging.getLogger("trio_mta.server")
 
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_TOO_MANY = b"421 4.7.0 Too many connections, try again later\r\n"
+TOO_MANY = reply(421, "4.7.0", "Too many connections, try again later")
+_TOO_MANY = TOO_MANY.to_bytes()
 
 
 @attrs.frozen
@@ -201,7 +203,10 @@ class SMTPServer:
         if self.active >= limits.max_connections or (
             count >= limits.max_connections_per_ip and ip not in self.exempt
         ):
-            log.info("ip=%s refused: connection limit (%d active)", ip, self.active)
+            # The greppable reject line, and the event (the count: the limit that was hit).
+            report(self.bus, conn=None, txn=None, ip=ip, helo=None, what=CONNECT,
+                   answer=TOO_MANY, plugin=None)  # fmt: skip
+            log.debug("ip=%s connection limit: %d active, %d from it", ip, self.active, count)
             with contextlib.suppress(OSError):
                 client.send(_TOO_MANY, stdlib_socket.MSG_DONTWAIT)
             client.close()

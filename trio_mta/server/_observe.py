@@ -154,7 +154,13 @@ def _rcpt(
 
 
 def transaction_ended(
-    bus: EventBus, s: Session, outcome: str, answer: Reply | None, detail: str, duration: float
+    bus: EventBus,
+    s: Session,
+    outcome: str,
+    answer: Reply | None,
+    detail: str,
+    duration: float,
+    refused: tuple[str, ...] = (),
 ) -> None:
     txn = s.transaction
     if txn is None:
@@ -170,7 +176,8 @@ def transaction_ended(
     bus.publish_values(
         TransactionEnded,
         _ended(bus.clock(), s.id, txn.id, s.client_ip, s.helo, txn.sender, txn.recipients,
-               size, outcome, answer.code if answer is not None else None, reply, duration),
+               size, outcome, answer.code if answer is not None else None, reply, duration,
+               refused),
     )  # fmt: skip
 
 
@@ -187,10 +194,11 @@ def _ended(
     code: int | None,
     reply: str,
     duration: float,
+    refused: tuple[str, ...],
 ) -> tuple[object, ...]:
     return (ts, conn, txn, ip, helo, str(sender or ""),
             tuple(str(address) for address, _ in recipients), size, outcome, code, reply,
-            txn if outcome == "accepted" else None, duration)  # fmt: skip
+            txn if outcome == "accepted" else None, duration, refused)  # fmt: skip
 
 
 def _why(outcome: str, detail: str) -> str:
