@@ -223,3 +223,37 @@ async def test_an_early_talker_is_a_connection_refusal(
     assert [(e.stage, e.code, e.plugin) for e in seen.refused] == [("connect", 554, "core")]
     [line] = reject_lines(caplog)
     assert line.startswith("NOQUEUE: reject: CONNECT from [127.0.0.1]: 554 5.5.0")
+
+
+async def test_a_connect_hook_refusal_names_its_plugin(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    config = refusal_config(tmp_path)
+    (tmp_path / "plugins" / "bouncer.py").write_text(
+        textwrap.dedent(
+            """
+            from trio_mta import hooks
+
+            class Plugin(hooks.Plugin):
+                async def hook_connect(self, conn):
+                    return hooks.deny("You are listed", code=554, enhanced="5.7.1")
+            """
+        )
+    )
+    plugins = attrs.evolve(config.plugins, order=("bouncer", *config.plugins.order))
+    bus = EventBus(retain=100)
+    seen = Seen()
+    bus.add_tap(seen, (TransactionRefused,))
+    with trio.fail_after(CAP):
+        h = await start_driver(
+            nursery, attrs.evolve(config, plugins=plugins), autojump_clock, bus=bus
+        )
+        assert (await h.client.read_to_eof()).startswith(b"554 5.7.1 You are listed")
+    assert [(e.stage, e.code, e.plugin) for e in seen.refused] == [("connect", 554, "bouncer")]
+    [line] = reject_lines(caplog)
+    assert line.startswith("NOQUEUE: reject: CONNECT from [127.0.0.1]: 554 5.7.1 You are listed")
+    assert line.endswith("plugin=bouncer conn=conn1")
