@@ -12,6 +12,7 @@ import gc
 import logging
 import math
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .hooks import (
     load_plugins,
     watch_loop,
 )
-from .ops import DaemonStatus
+from .ops import DaemonStatus, bind_and_drop_privileges, notified_reload, sd_notify
 from .queue import QueueService
 from .reloader import Reloader
 from .resolver import DNSResolver, parse_nameserver
@@ -266,7 +267,10 @@ async def run(
     lock = VarDirLock(config.server.var_dir)
     lock.acquire()
     try:
-        await _run_locked(config, bus, admin, on_ready, on_admin, task_status, tune_gc, pinned)
+        sockets = bind_and_drop_privileges(config, lock.path)
+        await _run_locked(
+            config, bus, admin, on_ready, on_admin, task_status, tune_gc, pinned, sockets
+        )
     finally:
         lock.release()
     log.info("stopped")
@@ -281,6 +285,7 @@ async def _run_locked(
     task_status: trio.TaskStatus[list[BoundListener]],
     tune_gc: bool,
     pinned: frozenset[str],
+    sockets: list[socket.socket] | None = None,
 ) -> None:
     spill_dir = config.server.var_dir / "tmp"
     spill_dir.mkdir(exist_ok=True)
@@ -328,7 +333,7 @@ async def _run_locked(
                 host.memory_guard = guard
             _follow_watchers(config, bus, host)
             reloader = Reloader(config, host, load_plugin_set, tls=tls, bus=bus, pinned=pinned)
-            reloads = _Reloads(reloader.reload, services)
+            reloads = _Reloads(lambda: notified_reload(reloader), services)
             if admin is not None:  # before SMTP: a watcher may see the very first connection
                 admin_address = await services.start(admin.serve)
                 if on_admin is not None:
@@ -346,7 +351,7 @@ async def _run_locked(
                     admin.metrics.queue_size = envelopes.__len__
             if tune_gc:
                 _tune_gc()
-            server = SMTPServer(config, host.handler, tls=tls, bus=bus)
+            server = SMTPServer(config, host.handler, tls=tls, bus=bus, sockets=sockets)
             bound: list[BoundListener] = await services.start(server.serve)
             for b in bound:
                 log.info("listening name=%s address=%s:%d", b.name, b.host, b.port)
@@ -357,6 +362,8 @@ async def _run_locked(
             if on_ready is not None:
                 on_ready(bound)
             task_status.started(bound)
+            # systemd Type=notify: `systemctl start` returns now, with mail able to flow.
+            sd_notify("READY=1\nSTATUS=accepting mail")
             drained_by = math.inf
             async for signum in signals:
                 if signum in (signal.SIGHUP, signal.SIGUSR1) and logs.reopen():
@@ -367,6 +374,7 @@ async def _run_locked(
                 if signum in (signal.SIGHUP, signal.SIGUSR1):
                     continue
                 log.info("signal %s: shutting down (drain %.0fs)", signum, config.timeouts.drain)
+                sd_notify("STOPPING=1\nSTATUS=draining")
                 drained_by = trio.current_time() + config.timeouts.drain
                 server.request_shutdown()
                 if queue is not None:

@@ -78,7 +78,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # One line, and nothing of the running daemon's (pid file, socket, spool) touched.
         print(f"trio-mta: not starting: {exc}", file=sys.stderr)
         return 1
-    except (PluginLoadError, TlsSetupError, AdminSetupError, OSError, ExceptionGroup) as exc:
+    except (
+        PluginLoadError,
+        TlsSetupError,
+        AdminSetupError,
+        ops.PrivilegeError,
+        OSError,
+        ExceptionGroup,
+    ) as exc:
         # A listener that cannot bind or a plugin that cannot start fails inside the app's
         # nursery, so trio hands it over wrapped in (nested) exception groups.
         error = _sole_startup_error(exc)
@@ -92,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _sole_startup_error(exc: BaseException) -> BaseException | None:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    startup = (PluginLoadError, TlsSetupError, AdminSetupError, OSError)
+    startup = (PluginLoadError, TlsSetupError, AdminSetupError, ops.PrivilegeError, OSError)
     return exc if isinstance(exc, startup) else None
 
 

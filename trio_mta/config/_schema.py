@@ -260,6 +260,10 @@ class ServerConfig:
     )
     banner: str = attrs.field(default="ESMTP trio-mta", validator=_check_banner)
     received_header: bool = True
+    # Started as root: drop to this user (and group; "" = the user's own) once the listeners
+    # are bound, before anything is read or written. "" = stay who we were started as.
+    user: str = ""
+    group: str = ""
 
 
 @attrs.frozen

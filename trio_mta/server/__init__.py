@@ -6,6 +6,7 @@ from ._handler import SessionHandler as SessionHandler
 from ._hooked import HookHandler as HookHandler
 from ._listen import BoundListener as BoundListener
 from ._listen import SMTPServer as SMTPServer
+from ._listen import bind_listeners as bind_listeners
 from ._listen import protocol_limits as protocol_limits
 from ._memguard import MemoryGuard as MemoryGuard
 from ._observe import breaker_reporter as breaker_reporter

@@ -96,6 +96,23 @@ def bind_listener(listener: ListenerConfig) -> stdlib_socket.socket:
     return sock
 
 
+def bind_listeners(config: Config) -> list[stdlib_socket.socket]:
+    """Every listener of ``config``, bound and listening (all or none).
+
+    Raises:
+        OSError: naming the listener that could not bind.
+    """
+    sockets: list[stdlib_socket.socket] = []
+    try:
+        for listener in config.listeners:
+            sockets.append(bind_listener(listener))  # noqa: PERF401  # close on failure
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class SMTPServer:
     """All SMTP listeners of one daemon, and the connections they admitted."""
 
@@ -107,7 +124,10 @@ class SMTPServer:
         ids: IdGenerator | None = None,
         tls: TlsProvider | None = None,
         bus: EventBus | None = None,
+        sockets: list[stdlib_socket.socket] | None = None,
     ) -> None:
+        """``sockets``: the listeners, bound already by ``bind_listeners`` (a daemon that drops
+        root privileges binds first); None: ``serve`` binds them."""
         self.config = config
         self.bus = bus if bus is not None else EventBus()  # connection and transaction events
         self.tls = tls  # None: no STARTTLS, and no smtps listener may exist
@@ -127,7 +147,7 @@ class SMTPServer:
         self.active = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._sockets: list[stdlib_socket.socket] = []
+        self._sockets: list[stdlib_socket.socket] = list(sockets or ())
 
     def statistics(self) -> dict[str, int]:
         return {"connections": self.active, "clients": len(self.per_ip)}
@@ -138,9 +158,9 @@ class SMTPServer:
         for listener in self.config.listeners:
             if listener.kind is ListenerKind.SMTPS and self.tls is None:
                 raise ValueError(f"listener {listener.name!r} is implicit TLS, but TLS is off")
-        for listener in self.config.listeners:
-            sock = bind_listener(listener)
-            self._sockets.append(sock)
+        if not self._sockets:
+            self._sockets = bind_listeners(self.config)
+        for sock, listener in zip(self._sockets, self.config.listeners, strict=True):
             host, port = sock.getsockname()[:2]
             bound.append(BoundListener(listener.name, host, port))
         try:
