@@ -280,6 +280,10 @@ class PluginHealth:
         self.moved_plugins: set[str] = set()
         # Told (plugin, why) at the last strike; the plugin host moves the plugin.
         self.on_strikes: Callable[[str, str], None] | None = None
+        # A sandbox the plugin host started for moved plugins (a runner made before it has
+        # none), and the event its calls wait on while it starts.
+        self.sandbox: object | None = None
+        self.sandbox_starting: trio.Event | None = None
 
     def limiter(self, plugin: str) -> trio.CapacityLimiter:
         """The plugin's own thread limiter for its sync hooks (``threads`` at most at once)."""
@@ -377,6 +381,7 @@ class PluginHealth:
                         record.reset("moved to the sandbox")
                     moved.append(hook)
                 else:
+                    record.move(False)
                     record.trip(entry.on_timeout, "watchdog strikes", until=math.inf)
                     tripped.append(hook)
         self.moved_plugins.add(plugin)

@@ -518,6 +518,8 @@ class HookRunner:
     ) -> object:
         if sandboxed:
             if self.sandbox is None:
+                await self._find_sandbox()
+            if self.sandbox is None:
                 raise RuntimeError("plugin wants the process sandbox, but none is running")
             return await self.sandbox.call(entry, conn, args)
         # The plugin's own thread limiter: its abandoned threads cannot take the slots of
@@ -540,6 +542,14 @@ class HookRunner:
             else:  # cancelled before the thread started
                 limiter.release_on_behalf_of(call)
             raise
+
+    async def _find_sandbox(self) -> None:
+        """A plugin moved to the sandbox by the watchdog, with no sandbox when this runner
+        was made: the one started for it (waiting for its start, within the deadline)."""
+        health = self.health
+        if health.sandbox is None and health.sandbox_starting is not None:
+            await health.sandbox_starting.wait()
+        self.sandbox = health.sandbox  # type: ignore[assignment]  # set by the plugin host
 
 
 class _Held:

@@ -9,6 +9,7 @@ from ._listen import SMTPServer as SMTPServer
 from ._listen import bind_listeners as bind_listeners
 from ._listen import protocol_limits as protocol_limits
 from ._memguard import MemoryGuard as MemoryGuard
+from ._memguard import rss_mb as rss_mb
 from ._observe import breaker_reporter as breaker_reporter
 from ._observe import moved_reporter as moved_reporter
 from ._observe import plugin_observer as plugin_observer

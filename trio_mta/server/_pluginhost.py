@@ -144,13 +144,20 @@ class PluginHost:
         return {"breaker.reset": reset, "plugins.health": health}
 
     def _struck(self, plugin: str, why: str) -> None:
-        """The watchdog's last strike against ``plugin``: its hooks go to the sandbox if one
-        runs; otherwise they are tripped at once, and moved once a sandbox has started."""
-        running = self.sandbox is not None
-        moved, tripped = self.health.move(self.current, plugin, sandbox=running)
+        """The watchdog's last strike against ``plugin``: its hooks go to the sandbox. If none
+        runs, one is started and their calls wait for it (within their deadlines): running
+        them in-process meanwhile would block the loop again, tripping them would refuse the
+        healthy ones. Without a way to start one, they are tripped."""
+        health = self.health
+        can_start = self.sandbox_factory is not None and self._nursery is not None
+        if self.sandbox is None and can_start and health.sandbox_starting is None:
+            health.sandbox_starting = trio.Event()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._start_sandbox)
+        moved, tripped = health.move(
+            self.current, plugin, sandbox=self.sandbox is not None or can_start
+        )
         self._report(plugin, moved, tripped, why)
-        if not running and self.sandbox_factory is not None and self._nursery is not None:
-            self._nursery.start_soon(self._start_sandbox, plugin, why)
 
     def _report(self, plugin: str, moved: list[str], tripped: list[str], why: str) -> None:
         if moved:
@@ -173,22 +180,25 @@ class PluginHost:
                 if hooks:
                     self.on_moved(plugin, tuple(hooks), why, to)
 
-    async def _start_sandbox(self, plugin: str, why: str) -> None:
+    async def _start_sandbox(self) -> None:
         assert self.sandbox_factory is not None
         assert self._nursery is not None
-        if self.sandbox is None:
-            sandbox = self.sandbox_factory()
-            try:
-                await self._nursery.start(sandbox.serve)
-            except Exception:
-                log.exception("could not start the sandbox; plugin %s stays tripped", plugin)
-                return
-            self.sandbox = sandbox
+        health = self.health
+        sandbox = self.sandbox_factory()
+        try:
+            await self._nursery.start(sandbox.serve)
+        except Exception:
+            log.exception("could not start the sandbox: the plugins moved there are tripped")
+            for plugin in list(health.moved_plugins):
+                moved, tripped = health.move(self.current, plugin, sandbox=False)
+                self._report(plugin, moved, tripped, "the sandbox did not start")
+        else:
+            self.sandbox = health.sandbox = sandbox
             for runner in self._runners:
                 runner.sandbox = sandbox
-        if plugin in self.health.moved_plugins:  # not reset or reloaded meanwhile
-            moved, _ = self.health.move(self.current, plugin, sandbox=True)
-            self._report(plugin, moved, [], why)
+        finally:
+            assert health.sandbox_starting is not None
+            health.sandbox_starting.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Shut retired generations down as their last connection ends; at exit, all of them.
