@@ -24,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from .faults import add_faults_argument, faults_bench
 from .idle import IdleResult, idle_test
 from .load import MESSAGE_SIZE, SMTP_SOURCE, Run, run_once, size_run
 from .pyspy import profile_trio
@@ -90,6 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     add_watchers_argument(p)
+    add_faults_argument(p)
     add_queue_argument(p)
     p.add_argument(
         "--var-root",
@@ -331,6 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     nofile = raise_nofile()
     if args.tls:
         return tls_main(args, preamble(args, nofile))
+    if args.faults:
+        work = Path(tempfile.mkdtemp(prefix="trio-mta-faults-"))
+        try:
+            print("\n".join(preamble(args, nofile) + faults_bench(args, work)), flush=True)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
     if not (REPO / ".tools" / "postfix" / "usr" / "sbin" / "smtp-source").exists():
         progress("bench: smtp-source missing; run `make tools` first")
         return 127
