@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.conftest import REPO
 from trio_mta.ops import sd_notify
 
 from .confdaemon import CAP, ConfDaemon, start, stop
@@ -101,7 +102,12 @@ def _send(port: int) -> dict[str, tuple[int, bytes]]:
 async def test_privileges_are_dropped_after_binding(
     daemons: list[ConfDaemon], shared_dir: Path
 ) -> None:
-    conf = write_conf(shared_dir / "conf", '[server]\nuser = "nobody"\n' + CONF)
+    # The plugins are read after the switch: copies nobody can read, wherever the checkout is.
+    mine = CONF.replace('"queue_discard"]\n', '"queue_discard"]\ndirectories = ["mine"]\n')
+    conf = write_conf(shared_dir / "conf", '[server]\nuser = "nobody"\n' + mine)
+    (conf / "mine").mkdir()
+    for name in ("rcpt_to_host_list", "queue_discard"):
+        shutil.copy(REPO / "plugins" / f"{name}.py", conf / "mine")
     var = shared_dir / "var"
     if os.geteuid() != 0:  # what an operator who forgot to start it as root is told
         with trio.fail_after(CAP):
