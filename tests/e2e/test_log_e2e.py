@@ -24,9 +24,6 @@ format = "json"
 destination = "file"
 file = "log/trio-mta.log"
 
-[queue]
-enabled = false
-
 [admin]
 enabled = false
 """
