@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_mta.control import (
     MAX_REQUEST,
@@ -178,3 +180,14 @@ def test_the_lock_keeps_a_second_owner_out(tmp_path: Path) -> None:
     with VarDirLock(tmp_path) as second:
         assert second.held
     assert not second.held
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
+def test_any_request_line_gets_a_one_line_reply(line: bytes) -> None:
+    server = ControlServer(Path("unused.sock"))
+    server.register("echo", echo)
+    reply = trio.run(server.answer, line)
+    assert set(reply) in ({"ok", "result"}, {"ok", "error"})
+    assert reply["ok"] is ("result" in reply)
+    assert "\n" not in json.dumps(reply)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trio_mta import cli
 from trio_mta.control import VarDirLock
@@ -158,3 +160,18 @@ def test_output_into_a_pipe_closed_midway_ends_quietly(tmp_path: Path) -> None:
     assert process.wait(timeout=30) == cli.SIGPIPE_EXIT
     assert process.stderr.read() == b""
     process.stderr.close()
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["", "s", "m", "h", "d", "w"]))
+def test_durations(number: int, unit: str) -> None:
+    factor = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    assert parse_duration(f"{number}{unit.upper() if number % 2 else unit}") == number * factor
+
+
+@given(st.text(max_size=20))
+def test_a_duration_parses_or_is_refused(text: str) -> None:
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        return
+    assert seconds >= 0

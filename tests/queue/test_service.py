@@ -215,6 +215,11 @@ async def test_bulk_selection_in_the_daemon(
     assert [e["id"] for e in listed] == [three]
     assert listed[0]["state"] == "held"
     assert (await cmd["queue.release"]({"recipient": "defer@DEST.test"}))["ids"] == [two]
+    shown = await cmd["queue.show"]({"id": three, "body": True})
+    assert shown["state"] == "held"
+    assert shown["message"].startswith(shown["headers"])
+    with pytest.raises(ValueError, match="queue id"):
+        await cmd["queue.show"]({})
     assert (await cmd["queue.delete"]({"ids": ["ALL"], "older_than": 86400}))["ids"] == []
     deleted = await cmd["queue.delete"]({"all": True})
     assert sorted(deleted["ids"]) == sorted([one, two, three])

@@ -57,7 +57,9 @@ class QueueCommands:
 
     async def show(self, args: dict[str, Any]) -> dict[str, Any]:
         id = args.get("id")
-        env = self.service.envelopes.get(id) if isinstance(id, str) else None
+        if not isinstance(id, str):
+            raise ValueError('a queue id ("id") is needed')
+        env = self.service.envelopes.get(id)
         if env is None:
             raise LookupError(f"no message {id}")
         spool, now, body = self.service.spool, self.service.now(), bool(args.get("body"))

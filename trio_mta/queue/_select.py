@@ -1,10 +1,10 @@
 """Which queue entries a ``trio-mta queue`` action applies to: ids, ``ALL`` or filters.
 
-The same selection runs in the daemon (through the control socket) and on a stopped spool, so
-it travels as plain JSON (``as_args``/``from_args``). Filters combine with AND; ids given with
-filters must also match them. ``--from``/``--to`` take an address (case-insensitive) or
-``@domain``; ``--domain`` is a recipient domain still pending; ``--older-than`` counts from the
-arrival. An empty selection is refused rather than read as "everything" (postsuper's ``ALL``
+The same selection runs in the daemon (through the control socket) and on a stopped spool, so it
+travels as the plain JSON arguments of a request (``from_args``). Filters combine with AND; ids
+given with filters must also match them. ``--from``/``--to`` take an address (case-insensitive)
+or ``@domain``; ``--domain`` is a recipient domain still pending; ``--older-than`` counts from
+the arrival. An empty selection is refused rather than read as "everything" (postsuper's ``ALL``
 must be said).
 """
 
@@ -90,11 +90,6 @@ class Selection:
 
     def pick(self, envelopes: Iterable[Envelope], now: float) -> list[Envelope]:
         return [env for env in envelopes if self.matches(env, now)]
-
-    def as_args(self) -> dict[str, Any]:
-        return {k: v for k, v in attrs.asdict(self).items() if v not in (None, False, ())} | (
-            {"ids": list(self.ids)} if self.ids else {}
-        )
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> Selection:
