@@ -279,13 +279,20 @@ async def test_the_charts_render_live_traffic_and_a_screenshot_is_taken(tmp_path
             await browser.wait_for("document.body.dataset.state === 'connected'")
             for n in range(6):
                 await d.send(f"s{n}@{DOMAIN}", (f"ok{n}@{DOMAIN}", f"defer{n}@{DOMAIN}"))
+            # A real refusal: 127.0.0.3 may not relay.
+            client = await d.greeted("127.0.0.3")
+            await client.command(f"MAIL FROM:<s@{DOMAIN}>", 250)
+            await client.command("RCPT TO:<x@elsewhere.example>", 550)
+            await client.command("QUIT", 221)
+            await client.stream.aclose()
+            await browser.wait_for("document.getElementById('now-reasons').textContent === '1'")
             await browser.evaluate(SYNTHETIC)
             series = "#chart-rate polyline[data-series={}]"
-            for name in ("accepted", "deferred", "refused"):
+            for name, count in (("accepted", 6), ("deferred", 6), ("refused", 4)):
                 selector = series.format(name)
-                await browser.wait_for(
+                await browser.wait_for(  # drawn once a second: until all of them are in
                     f"document.querySelector('{selector}') && "
-                    f"Number(document.querySelector('{selector}').dataset.total) > 0"
+                    f"Number(document.querySelector('{selector}').dataset.total) >= {count}"
                 )
             # The queue's depth from server.stats (the deferred recipients keep 6 messages).
             await browser.wait_for("document.getElementById('now-queue').textContent === '6'")
@@ -320,13 +327,14 @@ async def test_the_charts_render_live_traffic_and_a_screenshot_is_taken(tmp_path
     totals = {name: (total, points) for name, total, points in charts["totals"]}
     assert totals["accepted"][0] == 6
     assert totals["deferred"][0] == 6
-    assert totals["refused"][0] == 3
+    assert totals["refused"][0] == 4  # the real one and three fed
     assert all(points == 60 for _, points in totals.values())  # a point per second
     assert charts["breaker"] == "open"
     assert 0 < charts["p50"] <= charts["p95"]
     assert charts["circles"] == 6  # one breaker light per plugin seen
     assert charts["reasons"] == [
         ["550 5.7.1 Relaying denied (relay_acl)", 2],
+        ["550 5.7.1 Relaying denied (core)", 1],
         ["450 4.7.1 Client host rejected: cannot find your hostname (helo_checks)", 1],
     ]
     assert charts["width"] <= 1280

@@ -287,3 +287,28 @@ def test_follow_leaves_the_samples_out_unless_asked() -> None:
         out = io.StringIO()
         _show(sample, WatchOptions(follow=True, types=types), Style(False), out, io.StringIO(), "")
         assert ("server.stats queue=3 connections=1 uptime=9.0" in out.getvalue()) is shown
+
+
+async def test_watch_prints_a_refused_recipient_with_the_deciding_plugin(tmp_path: Path) -> None:
+    with trio.fail_after(CAP):
+        async with running(admin_config(tmp_path / "var")) as d:
+            out = io.StringIO()
+
+            async def refuse_then_close(scope: trio.CancelScope) -> None:
+                await eventually(lambda: d.bus.active)
+                client = await d.greeted()
+                await client.command("MAIL FROM:<alice@example.org>", 250)
+                await client.command("RCPT TO:<eve@elsewhere.example>", 550)
+                await client.command("QUIT", 221)
+                await client.stream.aclose()
+                await eventually(lambda: "refused at rcpt" in out.getvalue())
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(refuse_then_close, nursery.cancel_scope)
+                await watch(WatchOptions(url=d.url(), color=False), out, io.StringIO())
+    [line] = [ln for ln in out.getvalue().splitlines() if "refused at rcpt" in ln]
+    assert line.endswith(
+        "[127.0.0.1]  refused at rcpt  <alice@example.org> -> <eve@elsewhere.example>"
+        "  550 5.7.1 Relaying denied  by core"
+    )
