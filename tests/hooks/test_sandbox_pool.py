@@ -130,9 +130,11 @@ async def test_a_hung_call_kills_only_its_worker(plugin_dir: Path) -> None:
                 await trio.sleep(0.1)
         for hook in ("mail", "data", "rcpt"):
             assert faulty[hook][0] == (TIMEOUT_RESULT, "faulty"), hook
-            assert 1.0 <= faulty[hook][1] < 1.5, hook
+            assert 1.0 <= faulty[hook][1] < 2.0, hook
         assert len(healthy) == 23
-        assert max(healthy) < 1.0  # the moved ones: 0.5 s awaiting, plus the stall, at most
+        # The moved ones: 0.5 s awaiting, plus the stall (left behind the CPU loop, they would
+        # have ended after its deadline and grace period and another 0.5 s: 1.7 s).
+        assert max(healthy) < 1.4
         assert sandbox.stats["killed"] >= 3
         assert sandbox.stats["crashed"] == 0
         await eventually(lambda: sum(alive(pid) for pid in before) < len(before))
@@ -165,7 +167,7 @@ async def test_a_spare_is_ready_when_a_worker_is_killed(plugin_dir: Path) -> Non
         assert sandbox.worker_pids()[0] == spare
         start = trio.current_time()
         assert pid_of(await runner.run("ehlo", new_conn(), "0")) == spare
-        assert trio.current_time() - start < 0.2  # no wait for a new process
+        assert trio.current_time() - start < 0.5  # no wait for a new process
         assert sandbox.stats["waits"] == 0
         assert [e[1] for e in events].count("kill") == 1
         await eventually(lambda: not alive(first))
