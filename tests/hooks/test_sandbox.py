@@ -255,7 +255,7 @@ class Plugin(Base):
 async def test_errors_in_the_worker_keep_the_worker_and_its_plugin_state(plugin_dir: Path) -> None:
     write_plugin(plugin_dir, "stateful", STATEFUL)
     calls = Calls()
-    async with open_sandbox(workers=1, memory_mb=512, cpu_seconds=30) as sandbox:
+    async with open_sandbox(workers=1, spares=0, memory_mb=512, cpu_seconds=30) as sandbox:
         [pid] = sandbox.worker_pids()
         runner = HookRunner(load(plugin_dir, "stateful"), sandbox=sandbox, observe=calls)
         conn = new_conn()

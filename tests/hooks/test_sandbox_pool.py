@@ -246,3 +246,27 @@ def test_workers_is_the_minimum_and_the_maximum_defaults_above_it() -> None:
     sandbox = ProcessSandbox.from_config(config)
     assert (sandbox.size, sandbox.max_workers, sandbox.spares) == (3, 3, 0)
     assert os.cpu_count()  # defaults are sized for a small machine; this one has CPUs
+
+
+async def test_workers_come_from_the_fork_server_and_without_it_the_slow_way(
+    plugin_dir: Path,
+) -> None:
+    write_plugin(plugin_dir, "leaky", LEAKY)
+    async with open_sandbox(workers=1, spares=0) as sandbox:
+        zygote = sandbox._zygote
+        assert zygote is not None
+        [first] = sandbox.worker_pids()
+        assert _parent_of(first) == zygote.process.pid  # forked, not a fresh interpreter
+        zygote.process.kill()
+        await eventually(lambda: not zygote.alive)
+        runner = HookRunner(load(plugin_dir, "leaky"), sandbox=sandbox)
+        assert pid_of(await runner.run("helo", new_conn(), "x")) == first  # still serving
+        await eventually(lambda: sandbox.worker_pids() not in ([], [first]), seconds=30)
+        [second] = sandbox.worker_pids()  # the recycled worker's replacement: started directly
+        assert _parent_of(second) == os.getpid()
+        assert pid_of(await runner.run("helo", new_conn(), "x")) == second
+
+
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])

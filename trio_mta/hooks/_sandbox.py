@@ -42,7 +42,9 @@ from ._context import Connection, Transaction
 from ._plugin import Plugin
 from ._registry import HookEntry
 from ._result import CONT, Action, Result
-from ._sandbox_pool import START_DEADLINE, Pool, PoolWorker, Reporter, SandboxError, WorkerCrashed
+from ._sandbox_link import ChildProcess, PoolWorker, SandboxError, WorkerCrashed
+from ._sandbox_pool import START_DEADLINE, Pool, Reporter
+from ._sandbox_zygote import ZYGOTE_MAIN, Zygote
 
 if TYPE_CHECKING:
     from ..config import PluginsConfig
@@ -96,6 +98,7 @@ class ProcessSandbox:
             weakref.WeakKeyDictionary()
         )
         self._counter = itertools.count(1)
+        self._zygote: Zygote | None = None
 
     @classmethod
     def from_config(cls, config: PluginsConfig, bus: EventBus | None = None) -> ProcessSandbox:
@@ -121,8 +124,43 @@ class ProcessSandbox:
         return self.pool.stats
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the workers, report ready, then keep the pool in shape until cancelled."""
-        await self.pool.run(task_status=task_status)
+        """Start the fork server and the workers, report ready, then keep the pool in shape
+        until cancelled."""
+        # The fork server reaps the workers it made, so it outlives the pool's shutdown.
+        keep = trio.CancelScope(shield=True)
+
+        async def fork_server(task_status: trio.TaskStatus[Zygote]) -> None:
+            with keep:
+                zygote = await self._start_zygote()
+                await zygote.run(task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            try:
+                self._zygote = await nursery.start(fork_server)
+            except (OSError, RuntimeError):  # RuntimeError: it exited before it was ready
+                log.exception("no fork server for the sandbox: workers start the slow way")
+                self._zygote = None
+            try:
+                await self.pool.run(task_status=task_status)
+            finally:
+                keep.cancel()
+
+    async def _start_zygote(self) -> Zygote:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = await trio.lowlevel.open_process(
+                [self.python, "-P", "-c", ZYGOTE_MAIN, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=worker_env(),
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        return Zygote(process, mine)
 
     async def call(self, entry: HookEntry, conn: Connection, args: tuple[object, ...]) -> Result:
         token, spec = self._plugin_ref(entry.plugin)
@@ -145,13 +183,21 @@ class ProcessSandbox:
     async def _spawn(self) -> PoolWorker:
         level = logging.getLogger("trio_mta").getEffectiveLevel()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        settings = [str(self.memory_mb), str(self.cpu_seconds), str(level)]
+        settings += [repr(self.stall_seconds)]
+        process: ChildProcess
         try:
-            command = [self.python, "-P", "-c", WORKER_MAIN, str(theirs.fileno())]
-            command += [str(self.memory_mb), str(self.cpu_seconds), str(level)]
-            command += [repr(self.stall_seconds)]
-            process = await trio.lowlevel.open_process(
-                command, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=worker_env()
-            )
+            zygote = self._zygote
+            if zygote is not None and zygote.alive:
+                process = await zygote.fork(theirs.fileno(), settings)
+            else:
+                command = [self.python, "-P", "-c", WORKER_MAIN, str(theirs.fileno()), *settings]
+                process = await trio.lowlevel.open_process(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),),
+                    env=worker_env(),
+                )
         except BaseException:
             mine.close()
             raise

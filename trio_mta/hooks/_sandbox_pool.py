@@ -31,8 +31,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
-import signal
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +39,7 @@ import outcome
 import trio
 
 from . import _sandbox_wire as wire
+from ._sandbox_link import Pending, PoolWorker, SandboxError, WorkerCrashed, renice
 
 log = logging.getLogger("trio_mta.sandbox")
 
@@ -50,99 +49,6 @@ _THREADS = 8  # sync calls in threads on one worker (as many as the worker's lim
 _CROWDED = 32  # async calls in flight that make a worker no longer count as a spare
 _RETRIES = 3
 _RETRY = object()  # a call's outcome: send it to another worker
-
-
-class SandboxError(Exception):
-    """A sandboxed call failed: the plugin raised in its worker, or the sandbox is not running."""
-
-
-class WorkerCrashed(SandboxError):
-    """The worker died (or broke the frame protocol) during a call; it has been replaced."""
-
-
-class _Pending:
-    __slots__ = ("mode", "task")
-
-    def __init__(self, task: trio.lowlevel.Task, mode: int) -> None:
-        self.task = task
-        self.mode = mode
-
-
-class PoolWorker:
-    """The parent's handle on one worker process."""
-
-    def __init__(self, process: trio.Process, sock: socket.socket) -> None:
-        self.process = process
-        self.pid = process.pid
-        self.sock = sock
-        self.buffer = bytearray()
-        self.outbox = bytearray()
-        self.flushing = False
-        self.known: set[int] = set()  # plugin tokens whose spec this worker has
-        self.inflight: dict[int, _Pending] = {}
-        self.abandoned: dict[int, int] = {}  # cancelled calls not yet confirmed: id -> mode
-        self.threads = 0
-        self.inline = 0  # an inline sync call is running (or abandoned, unconfirmed)
-        self.stalled: int | None = None  # the call holding the loop, reported by the worker
-        self.draining: str | None = None  # why no new calls go here
-        self.killed = False  # by the pool: its calls were moved before
-        self.retiring = False  # asked to exit: its EOF is expected
-        self.idle_since = 0.0
-
-    def write(self, data: bytes) -> bool:
-        """Send now if the socket takes it; True if the rest waits for ``flush``."""
-        if not self.outbox:
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                return False  # dead: its reader sees EOF and settles the calls
-            if sent == len(data):
-                return False
-            data = data[sent:]
-        self.outbox += data
-        if self.flushing:
-            return False
-        self.flushing = True
-        return True
-
-    async def flush(self) -> None:
-        try:
-            while self.outbox:
-                await trio.lowlevel.wait_writable(self.sock)
-                try:
-                    sent = self.sock.send(self.outbox)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
-                del self.outbox[:sent]
-        finally:
-            self.flushing = False
-
-    def kill(self) -> None:
-        self.killed = True
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-
-    async def reap(self) -> str:
-        """Kill, wait for the exit status, close the socket; even when cancelled. Says how
-        it ended."""
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            if not self.killed:
-                with trio.move_on_after(1):
-                    await self.process.wait()
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
-        self.sock.close()
-        code = self.process.returncode
-        if code is None:
-            return f"sandbox worker {self.pid} closed its socket"
-        if code < 0:
-            return f"sandbox worker {self.pid} was killed by {signal.Signals(-code).name}"
-        return f"sandbox worker {self.pid} exited with status {code}"
 
 
 Spawner = Callable[[], Awaitable[PoolWorker]]
@@ -331,7 +237,7 @@ class Pool:
             cid = next(self._ids)
             extra = b"" if token in worker.known else spec
             worker.known.add(token)
-            pending = _Pending(trio.lowlevel.current_task(), mode)
+            pending = Pending(trio.lowlevel.current_task(), mode)
             worker.inflight[cid] = pending
             if mode == wire.INLINE:
                 worker.inline = cid
@@ -375,7 +281,7 @@ class Pool:
         self._event(worker.pid, "wait", "no worker was free", waited)
         return worker, mode
 
-    def _done(self, worker: PoolWorker, cid: int) -> _Pending | None:
+    def _done(self, worker: PoolWorker, cid: int) -> Pending | None:
         """Take a call off its worker's books."""
         pending = worker.inflight.pop(cid, None)
         if pending is not None:
@@ -537,6 +443,10 @@ class Pool:
             return
         if flags & 1:  # the loop is held: nothing else there can progress
             worker.stalled = cid
+        if flags & 3:
+            # Held, or slowed (a thread burning CPU holds the GIL, and the renice below would
+            # starve them): the other calls go elsewhere. They had not answered, so nothing of
+            # theirs was applied.
             for other in list(worker.inflight):
                 if other != cid:
                     self._resolve(worker, other, _RETRY)
@@ -544,14 +454,3 @@ class Pool:
             renice(worker.pid)
             self._drain(worker, f"call {cid} held the worker, burning CPU")
         self._wake()
-
-
-def renice(pid: int) -> None:
-    """Lowest priority for every thread of ``pid`` (Linux sets nice per thread)."""
-    try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        tids = [pid]
-    for tid in tids:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, tid, 19)

@@ -38,6 +38,9 @@ import sys
 import threading
 import time
 import traceback
+import types
+from collections import deque
+from collections.abc import Coroutine, Generator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,6 +55,7 @@ from ._sandbox_call import Prepared, Slot, error_reply, finish, prepare
 log = logging.getLogger("trio_mta.sandbox")
 _MAX_SLOTS = 256
 _THREADS = 8  # sync calls sharing this worker at once, each in its own thread
+_BURNING = 0.1  # of a CPU over the watchdog's last look: a stalled call is burning CPU
 
 
 class Worker:
@@ -70,6 +74,10 @@ class Worker:
         self.tick = time.monotonic()
         self.main_thread = threading.get_ident()
         self.nursery: trio.Nursery | None = None
+        self.buffer = bytearray()
+        self.frames: deque[bytes] = deque()
+        self.budget_renewed = time.monotonic()
+        self.background = 0  # run_task calls in progress
 
     def send(self, payload: bytes) -> None:
         data = wire.frame(payload)
@@ -80,33 +88,48 @@ class Worker:
         self.known_threads = set(threading.enumerate())
         threading.Thread(target=self.watch, name="sandbox-watchdog", daemon=True).start()
         self.known_threads = set(threading.enumerate())
-        buffer = bytearray()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self.heartbeat)
-            while True:
-                await trio.lowlevel.wait_readable(self.sock)
-                chunk = self.sock.recv(1 << 16)
-                if not chunk:
-                    break  # the parent retired us, or is gone
-                buffer += chunk
-                for frame in wire.split_frames(buffer):
-                    self.dispatch(frame)
-            nursery.cancel_scope.cancel()
+            await self.read()
 
     async def heartbeat(self) -> None:
         while True:
             self.tick = time.monotonic()
             await trio.sleep(self.stall / 4)
 
-    def dispatch(self, frame: bytes) -> None:
+    async def read(self) -> None:
+        """Read and dispatch frames. An async call is stepped right here, in this task; if it
+        suspends, this task stays with it and a new reader takes over (no task per call that
+        finishes at once, and the call's cancel scope lives in the task that entered it)."""
+        while True:
+            while self.frames:
+                if await self.dispatch(self.frames.popleft()):
+                    return  # a new reader runs
+            if self.scopes or self.in_thread or self.background:
+                await trio.lowlevel.wait_readable(self.sock)
+            # else: nothing else here needs the loop, so a plain blocking read is cheaper.
+            chunk = self.sock.recv(1 << 16)
+            self.tick = time.monotonic()  # a blocking read is not a stall
+            if not chunk:  # the parent retired us, or is gone
+                assert self.nursery is not None
+                self.nursery.cancel_scope.cancel()
+                return
+            self.buffer += chunk
+            self.frames.extend(wire.split_frames(self.buffer))
+
+    async def dispatch(self, frame: bytes) -> bool:
+        """Handle one frame; True if this task went on with a suspended call."""
         kind, cid, mode, token, spec_len = wire.REQUEST_HEAD.unpack_from(frame)
         if kind == wire.CANCEL:
             scope = self.scopes.get(cid)
             if scope is not None:
                 scope.cancel()
-            return
-        renew_cpu_budget(self.cpu_seconds)
+            return False
+        now = time.monotonic()
+        if now - self.budget_renewed >= 1.0:  # whole seconds anyway: once a second is enough
+            renew_cpu_budget(self.cpu_seconds)
+            self.budget_renewed = now
         offset = wire.REQUEST_HEAD.size
         try:
             if spec_len:
@@ -119,12 +142,50 @@ class Worker:
             request = pickle.loads(frame[offset + spec_len :])
         except Exception:
             self.reply(cid, error_reply(traceback.format_exc()))
-            return
-        if mode == wire.INLINE and slot.ready():
+            return False
+        if not slot.ready():
+            assert self.nursery is not None
+            self.background += 1
+            self.nursery.start_soon(self.run_task, cid, slot, request, mode)
+            return False
+        if mode == wire.INLINE:
             self.run_inline(cid, slot, request)
-            return
+            return False
+        if mode == wire.TASK:
+            return await self.step(cid, slot, request)
         assert self.nursery is not None
+        self.background += 1
         self.nursery.start_soon(self.run_task, cid, slot, request, mode)
+        return False
+
+    async def step(self, cid: int, slot: Slot, request: tuple[Any, ...]) -> bool:
+        assert slot.instance is not None
+        call = prepare(slot, slot.instance, request)
+        value: object = None
+        error: Exception | None = None
+        handed = False
+        with trio.CancelScope() as scope:
+            self.scopes[cid] = scope
+            try:
+                coro = call.fn(call.conn, *call.args)
+                try:
+                    trap = coro.send(None)
+                except StopIteration as done:
+                    value = done.value
+                else:
+                    assert self.nursery is not None
+                    self.nursery.start_soon(self.read)
+                    handed = True
+                    value = await _drive(coro, trap)
+            except Exception as exc:
+                error = exc
+            finally:
+                del self.scopes[cid]
+        if scope.cancelled_caught:
+            self.send(wire.NOTE.pack(wire.CANCELLED, cid, 0))
+        else:
+            self.reply(cid, finish(call, value, error))
+        return handed
 
     def run_inline(self, cid: int, slot: Slot, request: tuple[Any, ...]) -> None:
         """A sync hook on a worker of its own: called right here, blocking the loop."""
@@ -138,6 +199,12 @@ class Worker:
         self.reply(cid, finish(call, value, None))
 
     async def run_task(self, cid: int, slot: Slot, request: tuple[Any, ...], mode: int) -> None:
+        try:
+            await self._run_task(cid, slot, request, mode)
+        finally:
+            self.background -= 1
+
+    async def _run_task(self, cid: int, slot: Slot, request: tuple[Any, ...], mode: int) -> None:
         value: object = None
         error: BaseException | None = None
         call: Prepared | None = None
@@ -185,7 +252,11 @@ class Worker:
 
     def stray_threads(self) -> list[str]:
         """Threads neither known at startup nor Trio's cached ones (which run thread calls)."""
-        return [t.name for t in threading.enumerate() if t not in self.known_threads]
+        return [
+            t.name
+            for t in threading.enumerate()
+            if t not in self.known_threads and not t.name.startswith("Trio thread")
+        ]
 
     async def load(self, slot: Slot) -> Plugin:
         if slot.ready():
@@ -210,36 +281,56 @@ class Worker:
     # -- the watchdog thread ---------------------------------------------------------------
 
     def watch(self) -> None:
-        reported: set[int] = set()
+        reported: dict[int, int] = {}  # call id -> flags already sent
         cpu_then, then = time.process_time(), time.monotonic()
         while True:
             time.sleep(self.stall / 4)
             now, cpu = time.monotonic(), time.process_time()
-            burning = (cpu - cpu_then) > 0.5 * (now - then)
+            # A share of a CPU, not all of it: a worker spinning on a loaded machine gets less.
+            burning = (cpu - cpu_then) > _BURNING * (now - then)
             cpu_then, then = cpu, now
+            stalled: list[tuple[int, int]] = []
             if now - self.tick > self.stall:
                 cid = self.culprit()
-                if cid is not None and cid not in reported:
-                    reported.add(cid)
-                    self.send(wire.NOTE.pack(wire.STALLED, cid, 1 | (2 if burning else 0)))
+                if cid is not None:
+                    stalled.append((cid, 1 | (2 if burning else 0)))
             elif burning:
-                for cid, started in list(self.in_thread.items()):
-                    if now - started > self.stall and cid not in reported:
-                        reported.add(cid)
-                        self.send(wire.NOTE.pack(wire.STALLED, cid, 2))
+                stalled += [(c, 2) for c, t in list(self.in_thread.items()) if now - t > self.stall]
+            for cid, flags in stalled:
+                if flags & ~reported.get(cid, 0):  # something new to say about it
+                    reported[cid] = reported.get(cid, 0) | flags
+                    self.send(wire.NOTE.pack(wire.STALLED, cid, flags))
             if len(reported) > 1000:
                 reported.clear()
 
     def culprit(self) -> int | None:
         """The call whose frame is on the loop thread's stack right now, if any."""
         frame: FrameType | None = sys._current_frames().get(self.main_thread)
-        codes = (Worker.run_inline.__code__, Worker.run_task.__code__)
+        codes = (Worker.run_inline.__code__, Worker._run_task.__code__, Worker.step.__code__)
         while frame is not None:
             if frame.f_code in codes:
                 cid = frame.f_locals.get("cid")
                 return cid if isinstance(cid, int) else None
             frame = frame.f_back
         return None
+
+
+@types.coroutine
+def _drive(coro: Coroutine[Any, Any, Any], trap: object) -> Generator[object, object, object]:
+    """Drive ``coro`` on from where it yielded ``trap``: what ``yield from`` would do."""
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def encode_reply(reply: dict[str, Any]) -> bytes:
