@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from tests.queue.kit import FakeDeliverer, connection, make_service, started
+from trio_mta.hooks import HookRunner, PluginEnv, load_plugins
 from trio_mta.queue import QueueService, Spool
 
 
@@ -96,3 +97,46 @@ async def test_never_for_notify_never_failure_only_or_the_null_sender(
         await attempts(service, id, 5)
     assert warnings(fake) == []
     assert not any(service.envelopes[id].delay_warned for id in ids)
+
+
+BOUNCE_PLUGIN = """
+from trio_mta import hooks
+from trio_mta.protocol import Address
+
+class Plugin(hooks.Plugin):
+    def setup(self):
+        self.asked = []
+
+    async def hook_bounce(self, conn, report):
+        self.asked.append(report.recipients)
+        if report.recipients[0].startswith("defer-quiet"):
+            return hooks.OK
+        conn.transaction.sender = Address("original", "sender.test")  # as srs undoes itself
+        return hooks.CONT
+"""
+
+
+async def test_the_bounce_hook_readdresses_or_suppresses_the_warning(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    directory = tmp_path / "plugins"
+    directory.mkdir()
+    (directory / "readdress.py").write_text(BOUNCE_PLUGIN)
+    loaded = load_plugins(["readdress"], directories=[directory], env=PluginEnv())
+    fake = FakeDeliverer()
+    service = await started(
+        nursery,
+        make_service(
+            tmp_path, fake, runner=lambda: HookRunner(loaded), retry_first=600.0,
+            retry_max=600.0, delay_warning=600.0,
+        ),
+    )  # fmt: skip
+    sent = await service.submit(connection("srs0=x@fwd.test", ["defer@dest.test"]))
+    quiet = await service.submit(connection("a@sender.test", ["defer-quiet@dest.test"]))
+    await attempts(service, sent, 6)
+    await attempts(service, quiet, 6)
+    assert [to for _, to, _ in warnings(fake)] == [("original@sender.test",)]
+    # Asked once each: a suppressed warning is decided too, not asked again at every attempt.
+    asked = loaded.plugins[0].asked  # type: ignore[attr-defined]  # the test plugin's record
+    assert sorted(asked) == [("defer-quiet@dest.test",), ("defer@dest.test",)]
+    assert service.envelopes[quiet].delay_warned

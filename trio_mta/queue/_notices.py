@@ -12,7 +12,7 @@ without NOTIFY; off when 0, as Postfix's ``delay_warning_time``) or after that, 
 ``DELAY_NOTIFY_DEFAULT``, for recipients that asked NOTIFY=DELAY, gets one "delayed" report per
 message, checked after each attempt; ``Envelope.delay_warned`` records it, so a restart never
 sends it again. Never for NOTIFY=NEVER (or a NOTIFY without DELAY), never to ``<>``, never
-about our own reports.
+about our own reports; the ``bounce`` hook may readdress or suppress it, as a failure report.
 
 A message sent with VERP has one return path per recipient, so its notices go per recipient
 to the address that recipient's copy was sent from (``Envelope.return_path``), as Postfix does
@@ -66,20 +66,24 @@ class Notices:
             return self.delay_warning or DELAY_NOTIFY_DEFAULT
         return None
 
-    def for_delay(self, env: Envelope, message: bytes) -> list[Notice]:
-        """The "delayed" report ``env`` calls for now (at most one per message, ever)."""
+    async def for_delay(self, env: Envelope, message: bytes) -> tuple[bool, list[Notice]]:
+        """Whether ``env``'s warning is due now (at most once per message, ever), and the
+        "delayed" reports it makes. The ``bounce`` hook runs for it as for a failure report:
+        srs and batv readdress it, an OK suppresses it (due all the same: decided)."""
         if env.delay_warned or env.sender is None or env.kind is not Kind.MESSAGE:
-            return []
+            return False, []
         age = self.now() - env.created
         late = [r for r in env.pending if (due := self.delay_due(r)) is not None and age >= due]
         notices: list[Notice] = []
         for return_path, group in _by_return_path(env, late).items():
-            to = return_path if return_path is not None else env.sender
+            suppressed, to = await self._bounce_hook(attrs.evolve(env, sender=return_path), group)
+            if suppressed or to is None:
+                continue
             rows = [(r, DsnAction.DELAYED) for r in group]
             notices.append(self.make(env, rows, message, to, Kind.BOUNCE))
         if notices:
             log.info("queue: %s delayed %.0fs: warning sent to the sender", env.id, age)
-        return notices
+        return bool(late), notices
 
     async def for_attempt(
         self,
@@ -109,16 +113,9 @@ class Notices:
         self, env: Envelope, failed: list[Recipient], message: bytes
     ) -> list[Notice]:
         """The failure notice for ``failed``, which share the return path ``env.sender``."""
-        runner = self.runner()
-        to = env.sender
-        if runner is not None and runner.has("bounce"):
-            report = DeliveryReport(env.id, failed[0].domain, tuple(r.address for r in failed))
-            conn = outbound_connection(env, None)
-            result, plugin = await runner.run("bounce", conn, report)
-            if result.action is Action.OK:
-                log.info("queue: %s bounce suppressed by plugin %s", env.id, plugin)
-                return []
-            to = _readdressed(env, conn)
+        suppressed, to = await self._bounce_hook(env, failed)
+        if suppressed:
+            return []
         if env.kind is Kind.DOUBLE_BOUNCE:
             log.error("queue: %s: double bounce to the postmaster failed; dropped", env.id)
             return []
@@ -127,6 +124,23 @@ class Notices:
             return [self.make(env, rows, message, self.postmaster, Kind.DOUBLE_BOUNCE)]
         wanted = [(r, DsnAction.FAILED) for r in failed if r.wants("FAILURE")]
         return [self.make(env, wanted, message, to, Kind.BOUNCE)] if wanted else []
+
+    async def _bounce_hook(
+        self, env: Envelope, recipients: list[Recipient]
+    ) -> tuple[bool, str | None]:
+        """Whether a ``bounce`` plugin suppressed our report about ``recipients`` (OK), and
+        where it goes: ``env.sender``, or where a plugin readdressed it."""
+        runner = self.runner()
+        if runner is None or not runner.has("bounce"):
+            return False, env.sender
+        addresses = tuple(r.address for r in recipients)
+        report = DeliveryReport(env.id, recipients[0].domain, addresses)
+        conn = outbound_connection(env, None)
+        result, plugin = await runner.run("bounce", conn, report)
+        if result.action is Action.OK:
+            log.info("queue: %s bounce suppressed by plugin %s", env.id, plugin)
+            return True, None
+        return False, _readdressed(env, conn)
 
     def make(
         self,

@@ -322,8 +322,8 @@ class QueueService:
             )
         notices = await self.notices.for_attempt(new, failed, delivered, message)
         if not new.done:
-            delayed = self.notices.for_delay(new, message)
-            if delayed:  # stored before the envelope says so: a crash may repeat it, not lose it
+            due, delayed = await self.notices.for_delay(new, message)
+            if due:  # stored before the envelope says so: a crash may repeat it, not lose it
                 notices += delayed
                 new = attrs.evolve(new, delay_warned=True)
         for notice, data in notices:
