@@ -99,6 +99,9 @@ def test_bulk_selection_json_and_body_offline(
     out = capsys.readouterr().out
     assert "sender: <a@sender.test>" in out
     assert out.endswith("*** message ***\nSubject: hello\r\n\r\nbody\n")
+    assert run(tmp_path, "hold", "m1", "nosuch") == 1  # m1 held all the same
+    assert capsys.readouterr().err == "trio-mta queue hold: no message nosuch\n"
+    assert spool.read("m1").held
     assert run(tmp_path, "delete", "ALL") == 0
     assert spool.ids() == []
     assert (tmp_path / "trio-mta.lock").read_text() == f"{os.getpid()}\n"  # the CLI held it

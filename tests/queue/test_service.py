@@ -173,16 +173,19 @@ async def test_hold_release_delete_and_flush(
     cmd = service.commands()
     late = await service.submit(connection("a@sender.test", ["late@dest.test"]))
     await attempted(service, late)  # first attempt deferred; the next is an hour away
-    assert await cmd["queue.hold"]({"id": late}) == {"action": "held", "ids": [late]}
+    held = await cmd["queue.hold"]({"ids": [late, "gone"]})
+    assert held == {"action": "held", "ids": [late], "missing": ["gone"]}
     assert service.spool.read(late).held
     assert late not in service.scheduler  # no retry while held
     flushed = await cmd["queue.flush"]({})
     assert flushed == {"action": "flushed", "ids": []}  # held: not flushed
-    assert await cmd["queue.release"]({"id": late}) == {"action": "released", "ids": [late]}
+    released = await cmd["queue.release"]({"id": late})
+    assert released == {"action": "released", "ids": [late]}
     await until_empty(service, cap=10)  # released: due now, not in an hour
     doomed = await service.submit(connection("a@sender.test", ["defer@dest.test"]))
     await attempted(service, doomed)
-    assert await cmd["queue.delete"]({"ids": [doomed]}) == {"action": "deleted", "ids": [doomed]}
+    deleted = await cmd["queue.delete"]({"ids": [doomed]})
+    assert deleted == {"action": "deleted", "ids": [doomed]}
     assert doomed not in service.envelopes
     assert not service.spool.envelope_path(doomed).exists()
     again = await service.submit(connection("a@sender.test", ["late@other.test"]))

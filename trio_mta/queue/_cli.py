@@ -123,6 +123,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         _write(show_text(result) + "\n")
     else:
         print(action_text(result))
+        # As postsuper: the others are done, each id not found is named, and the exit says so.
+        for id in result.get("missing", []):
+            print(f"trio-mta queue {action}: no message {id}", file=sys.stderr)
+        return 1 if result.get("missing") else 0
     return 0
 
 

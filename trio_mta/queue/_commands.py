@@ -35,7 +35,10 @@ class QueueCommands:
             "queue.flush": self.flush,
         }
 
-    def _select(self, args: dict[str, Any], *, default_all: bool = False) -> list[str]:
+    def _select(
+        self, args: dict[str, Any], *, default_all: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """The ids selected, and the ids asked for that are not in the queue."""
         selection = Selection.from_args(args)
         if selection.empty and default_all:
             selection = attrs.evolve(selection, all=True)
@@ -45,7 +48,7 @@ class QueueCommands:
         missing = [i for i in selection.ids if i not in self.service.envelopes]
         if missing and not picked:
             raise LookupError(f"no message {', '.join(missing)}")
-        return picked
+        return picked, missing
 
     async def list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         selection = Selection.from_args(args)
@@ -66,17 +69,25 @@ class QueueCommands:
         return await trio.to_thread.run_sync(lambda: show_view(spool, env, now, body=body))
 
     async def hold(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = await self.service.hold_ids(self._select(args), held=True)
-        return {"action": "held", "ids": ids}
+        picked, missing = self._select(args)
+        ids = await self.service.hold_ids(picked, held=True)
+        return _answer("held", ids, missing)
 
     async def release(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = await self.service.hold_ids(self._select(args), held=False)
-        return {"action": "released", "ids": ids}
+        picked, missing = self._select(args)
+        ids = await self.service.hold_ids(picked, held=False)
+        return _answer("released", ids, missing)
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = await self.service.delete_ids(self._select(args))
-        return {"action": "deleted", "ids": ids}
+        picked, missing = self._select(args)
+        ids = await self.service.delete_ids(picked)
+        return _answer("deleted", ids, missing)
 
     async def flush(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = self._select(args, default_all=True)
-        return {"action": "flushed", "ids": self.service.flush_ids(ids)}
+        picked, missing = self._select(args, default_all=True)
+        return _answer("flushed", self.service.flush_ids(picked), missing)
+
+
+def _answer(action: str, ids: list[str], missing: list[str]) -> dict[str, Any]:
+    # "missing" only when some are: the usual answer stays {"action": ..., "ids": [...]}.
+    return {"action": action, "ids": ids} | ({"missing": missing} if missing else {})

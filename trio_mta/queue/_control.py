@@ -91,7 +91,8 @@ def offline(spool: Spool, action: str, args: dict[str, Any]) -> Any:
             raise ValueError(f"unknown action {action!r}")
     ids = [e.id for e in picked if action != "flush" or not e.held]
     verb = {"delete": "deleted", "flush": "flushed", "hold": "held", "release": "released"}
-    return {"action": verb[action], "ids": ids, "offline": True}
+    answer = {"action": verb[action], "ids": ids, "offline": True}
+    return answer | ({"missing": missing} if missing else {})
 
 
 def _replace(path: Path, data: bytes) -> None:
