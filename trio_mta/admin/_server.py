@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import importlib.resources
 import logging
+import math
 import re
 import socket as stdlib_socket
 from pathlib import Path
@@ -63,7 +64,8 @@ HEAD_DEADLINE = 10.0  # seconds for a client to send its request head
 HANDSHAKE_DEADLINE = 10.0
 CLOSE_DEADLINE = 2.0
 SEND_BUFFER = 64 * 1024  # kernel buffer per admin connection: a stalled watcher holds no more
-STATS_INTERVAL = 1.0  # seconds between server.stats events while someone watches
+STATS_INTERVAL = 1.0  # seconds between looks at what server.stats reports, while watched
+STATS_HEARTBEAT = 15.0  # seconds after which server.stats is sent even if nothing changed
 
 
 class AdminSetupError(Exception):
@@ -167,21 +169,28 @@ class AdminServer:
             await trio.serve_listeners(self._handle, listeners, handler_nursery=handlers)
 
     async def _sample(self) -> None:
-        """``server.stats`` once a second while someone watches: the page's queue-depth chart.
-        O(1) per sample (counts kept anyway); everything else the charts show is computed from
-        the events by the page itself."""
+        """``server.stats`` while someone watches: the page's queue-depth chart. Looked at once
+        a second (O(1): counts kept anyway), published when a number changed, a watcher came,
+        or ``STATS_HEARTBEAT`` passed: the samples share the ring that is also the replay
+        buffer, and an idle daemon's replay should still hold its last transactions.
+        Everything else the charts show is computed from the events by the page itself."""
         metrics, bus = self.metrics, self.bus
+        last: tuple[int | None, int] | None = None
+        last_at, watchers = -math.inf, 0
         while True:
             await trio.sleep(STATS_INTERVAL)
-            if not self.clients:
-                continue
+            clients = self.clients
             queue = metrics.queue_size() if metrics.queue_size is not None else None
+            state = (queue, bus.counters.open)
+            now = trio.current_time()
+            due = state != last or clients > watchers or now - last_at >= STATS_HEARTBEAT
+            watchers = clients
+            if not clients or not due:
+                continue
+            last, last_at = state, now
             bus.publish(
                 StatsSampled(
-                    ts=bus.clock(),
-                    queue=queue,
-                    connections=bus.counters.open,
-                    uptime=metrics.uptime(),
+                    ts=bus.clock(), queue=queue, connections=state[1], uptime=metrics.uptime()
                 )
             )
 
