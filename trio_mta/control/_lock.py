@@ -48,7 +48,14 @@ class VarDirLock:
             AlreadyRunning: naming the pid written by the process that holds it.
             OSError: the file cannot be made (the directory must exist).
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            writable = True
+        except PermissionError:
+            # Another user's file (the daemon's, seen by an operator's `trio-mta queue`):
+            # flock needs no write access, so whether a daemon holds it can still be told.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -58,8 +65,9 @@ class VarDirLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

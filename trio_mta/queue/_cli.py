@@ -108,6 +108,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except (ValueError, LookupError, ControlError, DaemonBusy) as exc:
         print(f"trio-mta queue {action}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # another user's state directory or socket, a full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"trio-mta queue {action}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     now = time.time()
     if action == "stats":
         # Entries set aside as unreadable: files only (the daemon never reads them again).
