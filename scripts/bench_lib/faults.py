@@ -88,6 +88,12 @@ def add_faults_argument(parser: argparse.ArgumentParser) -> None:
         "with --quick 6 s phases and 1 repeat, else 30 s and 3",
     )
     parser.add_argument(
+        "--fault-seconds",
+        type=float,
+        metavar="S",
+        help="with --faults: the length of each phase (default 30, --quick 6)",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         metavar="TEXT",
@@ -314,7 +320,7 @@ def _after(phase: Phase) -> list[float]:
 
 
 def faults_bench(args: argparse.Namespace, work: Path) -> list[str]:
-    seconds = 6.0 if args.quick else 30.0
+    seconds = args.fault_seconds or (6.0 if args.quick else 30.0)
     repeats = args.repeats
     kinds = [k for k in KINDS if not args.fault or any(t in k.name for t in args.fault)]
     out = [

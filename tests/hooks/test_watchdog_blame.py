@@ -75,6 +75,11 @@ class Plugin(Base):
 )
 
 
+def named(reports: list[SlowStep]) -> list[SlowStep]:
+    """The reports that name a plugin (a loaded machine may add slow steps of its own)."""
+    return [r for r in reports if r.plugin is not None]
+
+
 async def run_and_watch(
     plugin_dir: Path, names: list[str], health: PluginHealth | None = None
 ) -> list[SlowStep]:
@@ -94,8 +99,8 @@ async def test_the_blocking_plugin_is_named_when_the_next_one_runs_in_the_same_s
     write_plugin(plugin_dir, "hog", CPU_HOG)
     write_plugin(plugin_dir, "innocent", QUICK)
     health = PluginHealth() if sampler else None
-    [report] = await run_and_watch(plugin_dir, ["hog", "innocent"], health)
-    assert (report.plugin, report.hook) == ("hog", "rcpt")
+    reports = await run_and_watch(plugin_dir, ["hog", "innocent"], health)
+    assert [(r.plugin, r.hook) for r in named(reports)] == [("hog", "rcpt")]
 
 
 async def test_the_blocking_plugin_is_named_when_the_next_one_is_suspended(
@@ -103,8 +108,8 @@ async def test_the_blocking_plugin_is_named_when_the_next_one_is_suspended(
 ) -> None:
     write_plugin(plugin_dir, "hog", CPU_HOG_AFTER_AWAIT)
     write_plugin(plugin_dir, "innocent", AWAITER)
-    [report] = await run_and_watch(plugin_dir, ["hog", "innocent"])
-    assert (report.plugin, report.hook) == ("hog", "rcpt")
+    reports = await run_and_watch(plugin_dir, ["hog", "innocent"])
+    assert [(r.plugin, r.hook) for r in named(reports)] == [("hog", "rcpt")]
 
 
 async def test_the_sampler_names_the_plugin_code_running_in_a_slow_step(
@@ -122,7 +127,7 @@ async def test_the_sampler_names_the_plugin_code_running_in_a_slow_step(
         await trio.lowlevel.checkpoint()
     assert sampled is not None
     assert sampled[1:] == ("hog", "rcpt")
-    assert [(r.plugin, r.hook) for r in reports] == [("hog", "rcpt")]
+    assert [(r.plugin, r.hook) for r in named(reports)] == [("hog", "rcpt")]
 
 
 async def test_a_thread_left_spinning_is_named_and_its_plugin_blamed(
@@ -138,10 +143,10 @@ async def test_a_thread_left_spinning_is_named_and_its_plugin_blamed(
     with watch_loop(0.05, reports.append, health):
         await runner.run("rcpt", new_conn(), None, None)
         with trio.fail_after(5):
-            while not reports:  # noqa: ASYNC110  # the sampler thread reports through the token
+            while not named(reports):  # noqa: ASYNC110  # the sampler thread reports through the token
                 await trio.sleep(0.02)
     assert "plugin spinner left a thread running after its rcpt call: spinner" in caplog.text
-    report = reports[0]
+    report = named(reports)[0]
     assert report.plugin == "spinner"
     assert report.task == "thread spinner"
     rows = {r["plugin"]: r for r in health.snapshot()}
@@ -166,7 +171,7 @@ async def test_strikes_move_the_plugin_or_trip_it(plugin_dir: Path) -> None:
             await trio.lowlevel.checkpoint()
             await runner.run("rcpt", new_conn(), None, None)
             await trio.lowlevel.checkpoint()
-    assert [r.plugin for r in reports] == ["hog"] * 3
+    assert [r.plugin for r in named(reports)] == ["hog"] * 3
     assert struck == ["hog"]
     # No sandbox runs: the hog's hooks are tripped; its calls now cost nothing.
     assert health.move(plugins, "hog", sandbox=False) == ([], ["rcpt"])
@@ -177,3 +182,22 @@ async def test_strikes_move_the_plugin_or_trip_it(plugin_dir: Path) -> None:
     # A reset (breaker.reset) gives it a fresh start.
     health.reset("hog")
     assert "hog" not in health.moved_plugins
+
+
+async def test_a_quick_plugin_in_a_step_the_server_made_slow_is_not_named(
+    plugin_dir: Path,
+) -> None:
+    write_plugin(plugin_dir, "quick", QUICK)
+    health = PluginHealth(BreakerSettings(strikes=1))
+    struck: list[str] = []
+    health.on_strikes = lambda plugin, why: struck.append(plugin)
+    runner = HookRunner(load_plugins(["quick"], directories=[plugin_dir]), health=health)
+    reports: list[SlowStep] = []
+    with watch_loop(0.05, reports.append, health):
+        await trio.lowlevel.checkpoint()
+        await runner.run("rcpt", new_conn(), None, None)  # finishes without a checkpoint
+        time.sleep(0.2)  # noqa: ASYNC251  # then the server's own code holds the same step
+        await trio.lowlevel.checkpoint()
+    assert reports  # the step was slow
+    assert named(reports) == []  # but not by the plugin that ran in it
+    assert struck == []

@@ -120,8 +120,9 @@ class Sampler:
                 step = SlowStep(cpu - last, f"thread {name}", who[0], who[1])
                 self._token.run_sync_soon(self.report, step)
         for table in (self._cpu, self._reported, owners):
-            for gone in [i for i in table if i not in seen]:
-                del table[gone]
+            # list(): the loop thread adds owners meanwhile; pop: it may have removed one too.
+            for gone in [i for i in list(table) if i not in seen]:
+                table.pop(gone, None)
         return busy
 
 

@@ -10,10 +10,11 @@ one comparison, no allocation beyond the interpreter's float free list. Only a s
 more: it reads the runner's context variables from ``task.context`` (the step ran in the
 task's context, the instrument does not) and calls ``report``.
 
-Attribution: the task's ``current_runner`` names the hook still running at the end of the
-step; failing that, the hook that finished last during the step (a hook that blocks and returns
-without a checkpoint finishes in the same step). If several hooks finished within one slow
-step, the last one is named. A step with neither is reported without a plugin.
+Attribution: the sampler thread (``_sampler``), when it saw plugin code running in the step;
+otherwise the task's ``current_runner``, whose calls time each step of plugin code they run on
+the loop, names the call that took longer than the threshold (in a chain, the one that did, not
+the last one). A slow step with neither is reported without a plugin: being active when the
+loop was slow for other reasons is no fault, and a naming is a strike.
 
 The callback runs inside the scheduler: keep it quick and non-blocking (log, ``publish``).
 An exception from it is logged here, since Trio would otherwise disable the instrument.
@@ -95,16 +96,12 @@ class LoopWatchdog(trio.abc.Instrument):
         runner = task.context.get(current_runner)
         if sampled is not None and sampled[0] == self._deadline:
             _, plugin, hook = sampled  # seen running by the sampler thread: the best witness
-        elif runner is not None:
-            # A call that held the loop too long (timed by the runner), else the call still
-            # running at the end of the step, else one that finished during it.
-            entry = runner.blamed if runner.blamed_at >= started else None
-            if entry is None:
-                entry = runner.active
-            if entry is None and runner.last is not None and runner.last_finished >= started:
-                entry = runner.last
-            if entry is not None:
-                plugin, hook = entry.plugin.name, entry.hook
+        elif runner is not None and runner.blamed is not None and runner.blamed_at >= started:
+            # A call that held the loop too long: the runner times every step of plugin code
+            # on the loop. Nothing else is named: a plugin call merely running or finished
+            # in a step slowed by something else (a loaded machine, the server's own work) is
+            # not the cause, and each naming is a strike against the plugin.
+            plugin, hook = runner.blamed.plugin.name, runner.blamed.hook
         try:
             self.report(SlowStep(now - started, task.name, plugin, hook))
         except Exception:
