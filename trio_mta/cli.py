@@ -116,6 +116,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{config_dir or 'embedded defaults'}: plugins: {exc}", file=sys.stderr)
         return 1
     where = config_dir if config_dir is not None else "embedded defaults"
+    problem = ops.account_problem(config.server.user, config.server.group)
+    if problem is not None:  # the start would stop there, after binding: say it now
+        print(f"{where}: {problem}", file=sys.stderr)
+        return 1
     # Legal but useless (a submission port where nobody can log in): said, not refused.
     for line in auth_warnings(config, plugins):
         print(f"warning: {line}", file=sys.stderr)

@@ -39,3 +39,16 @@ def test_init_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "not overwriting existing files:" in capsys.readouterr().err
     assert (target / "plugins" / "spf.toml").read_text() == "# mine\n"
     assert not (target / "trio-mta.toml").exists()  # nothing written at all
+
+
+def test_check_refuses_an_unknown_service_user(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "trio-mta.toml").write_text('[server]\nuser = "no-such-user-here"\n')
+    assert main(["check", "--config", str(conf)]) == 1
+    assert "[server] user 'no-such-user-here': no such user" in capsys.readouterr().err
+    (conf / "trio-mta.toml").write_text('[server]\nuser = "nobody"\ngroup = "no-such-group"\n')
+    assert main(["check", "--config", str(conf)]) == 1
+    assert "[server] group 'no-such-group': no such group" in capsys.readouterr().err

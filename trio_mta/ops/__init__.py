@@ -10,6 +10,7 @@ from ._init import write_config as write_config
 from ._plugins import plugin_table as plugin_table
 from ._plugins import plugin_table_text as plugin_table_text
 from ._service import PrivilegeError as PrivilegeError
+from ._service import account_problem as account_problem
 from ._service import bind_and_drop_privileges as bind_and_drop_privileges
 from ._service import drop_privileges as drop_privileges
 from ._service import notified_reload as notified_reload

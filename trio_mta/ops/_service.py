@@ -46,6 +46,21 @@ class PrivilegeError(Exception):
     """Privileges cannot be dropped as configured; the message says why and what to do."""
 
 
+def account_problem(user: str, group: str) -> str | None:
+    """Why ``[server] user``/``group`` cannot be switched to on this machine, or None."""
+    if user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return f"[server] user {user!r}: no such user"
+    if group:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            return f"[server] group {group!r}: no such group"
+    return None
+
+
 def drop_privileges(user: str, group: str, var_dir: Path, owned: tuple[Path, ...] = ()) -> str:
     """Become ``user`` (its groups, or ``group``) for good. ``var_dir`` and ``owned`` (files
     made as root before the drop, like the lock) are handed to it if root owns them (systemd's
