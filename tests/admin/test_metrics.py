@@ -194,3 +194,28 @@ def test_plugin_watchdog_and_delivery_events_feed_their_metrics() -> None:
     quiet = Metrics(bus2 := EventBus())
     bus2.publish(PluginCalled(ts=0, ip=None, plugin="p", hook="mail", result="ok", duration=1))
     assert ("trio_mta_plugin_duration_seconds_count", key) not in parse(quiet.render().decode())
+
+
+def test_sandbox_worker_events_feed_their_metrics() -> None:
+    from trio_mta.events import SandboxWorker
+    from trio_mta.hooks._sandbox import bus_reporter
+
+    bus = EventBus()
+    report = bus_reporter(bus)
+    with bus.subscribe() as sub:
+        report(101, "spawn", "pool start", 0.0)
+        report(101, "kill", "call 7 ran past its deadline", 0.0)
+        report(102, "wait", "no worker was free", 0.25)
+        report(102, "wait", "no worker was free", 0.5)
+        events = [e for _, e in sub.take()]
+    assert [e.action for e in events if isinstance(e, SandboxWorker)] == [
+        "spawn",
+        "kill",
+        "wait",
+        "wait",
+    ]
+    m = parse(Metrics(bus).render().decode())
+    assert m[("trio_mta_sandbox_workers_total", labels(("action", "spawn")))] == 1
+    assert m[("trio_mta_sandbox_workers_total", labels(("action", "kill")))] == 1
+    assert m[("trio_mta_sandbox_workers_total", labels(("action", "wait")))] == 2
+    assert m[("trio_mta_sandbox_wait_seconds_total", ())] == 0.75

@@ -15,7 +15,14 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from trio_mta.hooks import TIMEOUT_RESULT, Action, HookRunner, Result, open_sandbox
+from trio_mta.hooks import (
+    ERROR_RESULT,
+    TIMEOUT_RESULT,
+    Action,
+    HookRunner,
+    Result,
+    open_sandbox,
+)
 
 from ._support import new_conn, write_plugin
 from .test_sandbox import alive, eventually, load, pid_of
@@ -59,6 +66,16 @@ class Plugin(Base):
         while not os.path.exists(gate):
             time.sleep(0.01)
         return ok(str(os.getpid()))
+"""
+
+HOG = """
+class Plugin(Base):
+    sandbox = "process"
+
+    async def hook_data(self, conn):
+        b = []
+        while True:
+            b.append(bytearray(10**7))
 """
 
 LEAKY = """
@@ -270,3 +287,28 @@ async def test_workers_come_from_the_fork_server_and_without_it_the_slow_way(
 def _parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+async def test_a_call_out_of_memory_fails_alone_and_recycles_its_worker(plugin_dir: Path) -> None:
+    # The hog shares its worker with calls awaiting there; it gets its MemoryError (the
+    # worker's address-space limit), they finish normally, and the worker is replaced.
+    write_plugin(plugin_dir, "hog", HOG)
+    write_plugin(plugin_dir, "sleeper", SLEEPER)
+    async with open_sandbox(workers=1, spares=0, memory_mb=300) as sandbox:
+        [first] = sandbox.worker_pids()
+        runner = HookRunner(load(plugin_dir, "hog", "sleeper"), sandbox=sandbox)
+        served: list[int] = []
+
+        async def healthy() -> None:
+            served.append(pid_of(await runner.run("helo", new_conn(), "1")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(healthy)
+            await trio.sleep(0.2)
+            assert await runner.run("data", new_conn()) == (ERROR_RESULT, "hog")
+        assert served == [first] * 3
+        await eventually(lambda: not alive(first))
+        assert pid_of(await runner.run("helo", new_conn(), "0")) != first
+        assert sandbox.stats["recycled"] == 1
+        assert sandbox.stats["crashed"] == 0
