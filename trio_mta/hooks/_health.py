@@ -95,13 +95,13 @@ class HookHealth:
         "failed_run",
         "first_failure_at",
         "hook",
-        "kills",
         "last_failure",
         "leftovers",
         "moved",
         "open_until",
         "plugin",
         "probing",
+        "sandbox_timeouts",
         "short_circuited",
         "state",
         "timeouts",
@@ -121,7 +121,8 @@ class HookHealth:
         self.calls = 0
         self.timeouts = 0
         self.errors = 0
-        self.kills = 0  # sandbox workers killed by this hook's timeouts
+        # Timeouts of its calls in the sandbox (the pool counts the workers it had to kill).
+        self.sandbox_timeouts = 0
         # Threads of this hook's calls still running after their deadline (``ThreadCall``s;
         # each removes itself from its thread when it ends), and how many ever were.
         self.abandoned: set[object] = set()
@@ -243,7 +244,7 @@ class HookHealth:
             "timeouts": self.timeouts,
             "errors": self.errors,
             "short_circuited": self.short_circuited,
-            "worker_kills": self.kills,
+            "sandbox_timeouts": self.sandbox_timeouts,
             "abandoned_threads": len(self.abandoned),
             "abandoned_threads_total": self.abandoned_total,
             "left_running": self.leftovers,

@@ -384,12 +384,12 @@ class HookRunner:
             entry.hook,
             entry.timeout,
             # What the timeout cost beyond the call: a killed worker, or a thread left running.
-            " (its sandbox worker killed)"
+            " (sandboxed: cancelled in its worker, which is killed if it cannot stop)"
             if entry.sandbox
             else (" (its thread abandoned, still running)" if not entry.is_async else ""),
         )
         if entry.sandbox or record.moved:
-            record.kills += 1
+            record.sandbox_timeouts += 1
         record.failure(entry.timeout, entry.on_timeout, timed_out=True)
         if self.observe is not None:
             self.observe(
