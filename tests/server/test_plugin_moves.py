@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from trio_mta.config import PluginsConfig
 from trio_mta.hooks import (
@@ -16,6 +17,7 @@ from trio_mta.hooks import (
     Connection,
     PluginHealth,
     ProcessSandbox,
+    Result,
     load_plugins,
 )
 from trio_mta.server import PluginHost
@@ -85,3 +87,37 @@ async def test_without_a_way_to_start_a_sandbox_strikes_trip_the_plugin(tmp_path
     conn = Connection("c1", "mx", "192.0.2.1", 40000, "127.0.0.1", 25, 0.0)
     assert await runner.run("helo", conn, "x") == (TIMEOUT_RESULT, "hog")
     assert "pid" not in conn.notes
+
+
+class SlowSandbox:
+    """A sandbox that takes 10 s to start, then answers OK."""
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.sleep(10)
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def call(self, entry: object, conn: object, args: object) -> Result:
+        return Result(Action.OK)
+
+
+async def test_calls_waiting_for_the_sandbox_to_start_do_not_trip_the_breaker(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    (tmp_path / "hog.py").write_text(HOG)
+    plugins = load_plugins(["hog"], directories=[tmp_path], configs={"hog": {"timeout": 1}})
+    health = PluginHealth(BreakerSettings(failures=2, strikes=1))
+    host = PluginHost(plugins, health=health, sandbox_factory=SlowSandbox)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.serve)
+        runner = host.handler().runner
+        conn = Connection("c1", "mx", "192.0.2.1", 40000, "127.0.0.1", 25, 0.0)
+        health.strike("hog", "it blocked 200 ms (hook helo)")
+        for _ in range(3):  # each waits for the sandbox until its deadline
+            assert await runner.run("helo", conn, "x") == (TIMEOUT_RESULT, "hog")
+        row = health.snapshot()[0]
+        assert (row["breaker"], row["timeouts"]) == ("closed", 3)
+        await trio.sleep(10)
+        assert (await runner.run("helo", conn, "x"))[0].action is Action.OK
+        assert "pid" not in conn.notes  # answered by the (fake) sandbox
+        nursery.cancel_scope.cancel()

@@ -170,14 +170,20 @@ class HookHealth:
             self.probing = False
             self._move(BreakerState.CLOSED, "a probe call succeeded")
 
-    def failure(self, duration: float, result: Result, *, timed_out: bool) -> None:
+    def failure(
+        self, duration: float, result: Result, *, timed_out: bool, blame: bool = True
+    ) -> None:
+        """``blame=False``: counted, but not against the breaker (the call never reached the
+        plugin: it waited for the sandbox being started for it)."""
         self.calls += 1
         if timed_out:
             self.timeouts += 1
         else:
             self.errors += 1
         self.last_failure = result
-        if not self.breaker:
+        if not self.breaker or not blame:
+            if self.probing:
+                self.probing = False
             return
         now = trio.current_time()
         settings = self._health.settings

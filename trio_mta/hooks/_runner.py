@@ -145,6 +145,7 @@ class HookRunner:
         # A call that held the loop longer than the watchdog's threshold, and when it ended.
         self.blamed: HookEntry | None = None
         self.blamed_at = 0.0
+        self._awaiting_sandbox = False  # a call waits for a sandbox being started (_timed_out)
         # Per hook: whether some entry may block (then the chain needs a cancel scope).
         self._blocking = plugins.blocking
 
@@ -390,7 +391,12 @@ class HookRunner:
         )
         if entry.sandbox or record.moved:
             record.sandbox_timeouts += 1
-        record.failure(entry.timeout, entry.on_timeout, timed_out=True)
+        # A call that timed out waiting for the sandbox started for a moved plugin never ran
+        # the plugin: not the plugin's failure (the breaker would refuse its healthy calls).
+        record.failure(
+            entry.timeout, entry.on_timeout, timed_out=True, blame=not self._awaiting_sandbox
+        )
+        self._awaiting_sandbox = False
         if self.observe is not None:
             self.observe(
                 HookCall(
@@ -548,7 +554,9 @@ class HookRunner:
         was made: the one started for it (waiting for its start, within the deadline)."""
         health = self.health
         if health.sandbox is None and health.sandbox_starting is not None:
+            self._awaiting_sandbox = True
             await health.sandbox_starting.wait()
+            self._awaiting_sandbox = False
         self.sandbox = health.sandbox  # type: ignore[assignment]  # set by the plugin host
 
 
