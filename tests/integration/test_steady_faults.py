@@ -191,25 +191,7 @@ async def watch_rss(outcome: Outcome) -> None:
         await trio.sleep(0.05)
 
 
-# CPU-bound work in the sandbox (a CPU loop, or a thread left spinning in a worker): today the
-# pool lets the healthy calls of that plugin time out along with the faulty one on a loaded
-# 2-core machine. Kept here, failing, for the sandbox pool (issue 15 item 1) to make pass.
-POOL_CPU = pytest.mark.xfail(
-    strict=True, reason="sandbox pool: a worker held by CPU-bound work times out healthy calls"
-)
-# Sometimes (a loaded machine) the pool ends a worker whose other calls were healthy ones, and
-# those fail instead of moving to another worker.
-POOL_FLAKY = pytest.mark.xfail(
-    strict=False, reason="sandbox pool: a killed worker's healthy calls sometimes fail with it"
-)
-KINDS = [
-    pytest.param(kind, marks=POOL_CPU)
-    if kind in ("cpu-sandboxed", "cpu-inprocess", "thread-inprocess")
-    else pytest.param(kind, marks=POOL_FLAKY)
-    if kind in ("memory-sandboxed", "sleep-sandboxed")
-    else kind
-    for kind in FAULTS
-]
+KINDS = list(FAULTS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
