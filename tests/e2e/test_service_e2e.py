@@ -87,6 +87,26 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
+# Development tools in the venv the daemon never imports: left out of the copy.
+_NOT_RUNTIME = {"pip", "setuptools", "mypy", "mypyc", "pygments", "hypothesis", "_pytest", "grimp"}
+
+
+def _readable_copy_of_the_code(into: Path) -> str:
+    """Copies of trio_mta, plugins and the venv's libraries under ``into``: a PYTHONPATH."""
+    src, libs = into / "src", into / "libs"
+    for package in ("trio_mta", "plugins"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    site = Path(trio.__file__).parent.parent
+
+    def skip(directory: str, names: list[str]) -> set[str]:
+        if Path(directory) != site:
+            return {"__pycache__"} & set(names)
+        return {n for n in names if n in _NOT_RUNTIME or "mypyc" in n or n.startswith("__")}
+
+    shutil.copytree(site, libs, ignore=skip)
+    return f"{src}{os.pathsep}{libs}"
+
+
 def _uids(pid: int) -> list[int]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Uid:"):
@@ -102,12 +122,11 @@ def _send(port: int) -> dict[str, tuple[int, bytes]]:
 async def test_privileges_are_dropped_after_binding(
     daemons: list[ConfDaemon], shared_dir: Path
 ) -> None:
-    # The plugins are read after the switch: copies nobody can read, wherever the checkout is.
-    mine = CONF.replace('"queue_discard"]\n', '"queue_discard"]\ndirectories = ["mine"]\n')
-    conf = write_conf(shared_dir / "conf", '[server]\nuser = "nobody"\n' + mine)
-    (conf / "mine").mkdir()
-    for name in ("rcpt_to_host_list", "queue_discard"):
-        shutil.copy(REPO / "plugins" / f"{name}.py", conf / "mine")
+    # After the switch the daemon still reads code (plugins, lazy imports), as from an installed
+    # package anyone may read. The checkout and its venv may be where nobody can read (CI's
+    # clone under /root): the daemon runs from copies nobody can read (PYTHONPATH comes first).
+    env = {**os.environ, "PYTHONPATH": _readable_copy_of_the_code(shared_dir / "code")}
+    conf = write_conf(shared_dir / "conf", '[server]\nuser = "nobody"\n' + CONF)
     var = shared_dir / "var"
     if os.geteuid() != 0:  # what an operator who forgot to start it as root is told
         with trio.fail_after(CAP):
@@ -120,7 +139,7 @@ async def test_privileges_are_dropped_after_binding(
         assert "[server] user = 'nobody' needs the daemon started as root" in done.stderr.decode()
         return
     nobody = pwd.getpwnam("nobody").pw_uid
-    daemon = await start(daemons, conf, var, shared_dir / "daemon.log")
+    daemon = await start(daemons, conf, var, shared_dir / "daemon.log", env=env)
     assert _uids(daemon.process.pid) == [nobody] * 4  # real, effective, saved, filesystem
     with trio.fail_after(CAP):
         assert await trio.to_thread.run_sync(_send, daemon.addresses["mx"]) == {}
