@@ -177,7 +177,9 @@ async def test_a_from_domain_that_cannot_exist_is_no_policy_not_a_crash(
         conn, _, reply = await receive(run, data, ip="192.0.2.9")
         assert reply is None
         assert conn.transaction is not None
-        assert conn.transaction.notes["dmarc"]["result"] == "none"
+        note = conn.transaction.notes["dmarc"]
+        assert isinstance(note, dict)
+        assert note["result"] == "none"
     assert not [
         r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("trio_mta")
     ]
