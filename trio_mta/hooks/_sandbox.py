@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,20 +146,7 @@ class ProcessSandbox:
                 keep.cancel()
 
     async def _start_zygote(self) -> Zygote:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            process = await trio.lowlevel.open_process(
-                [self.python, "-P", "-c", ZYGOTE_MAIN, str(theirs.fileno())],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                env=worker_env(),
-            )
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        mine.setblocking(False)
+        process, mine = await _start_child(self.python, ZYGOTE_MAIN, ())
         return Zygote(process, mine)
 
     async def call(self, entry: HookEntry, conn: Connection, args: tuple[object, ...]) -> Result:
@@ -182,28 +169,22 @@ class ProcessSandbox:
 
     async def _spawn(self) -> PoolWorker:
         level = logging.getLogger("trio_mta").getEffectiveLevel()
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         settings = [str(self.memory_mb), str(self.cpu_seconds), str(level)]
         settings += [repr(self.stall_seconds)]
         process: ChildProcess
-        try:
-            zygote = self._zygote
-            if zygote is not None and zygote.alive:
+        zygote = self._zygote
+        if zygote is not None and zygote.alive:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
                 process = await zygote.fork(theirs.fileno(), settings)
-            else:
-                command = [self.python, "-P", "-c", WORKER_MAIN, str(theirs.fileno()), *settings]
-                process = await trio.lowlevel.open_process(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    pass_fds=(theirs.fileno(),),
-                    env=worker_env(),
-                )
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        mine.setblocking(False)
+            except BaseException:
+                mine.close()
+                raise
+            finally:
+                theirs.close()
+            mine.setblocking(False)
+        else:
+            process, mine = await _start_child(self.python, WORKER_MAIN, settings)
         worker = PoolWorker(process, mine)
         try:
             with trio.fail_after(START_DEADLINE):
@@ -216,6 +197,27 @@ class ProcessSandbox:
             await worker.reap()
             raise
         return worker
+
+
+async def _start_child(
+    python: str, main: str, args: Sequence[str]
+) -> tuple[trio.Process, socket.socket]:
+    """A fresh interpreter running ``main`` with our end of a socket pair as its first argument."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process = await trio.lowlevel.open_process(
+            [python, "-P", "-c", main, str(theirs.fileno()), *args],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            env=worker_env(),
+        )
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    mine.setblocking(False)
+    return process, mine
 
 
 async def _first_frame(worker: PoolWorker) -> bytes:
